@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make bench` and `make test`. Both create .venv and
+# install once; the stamp file makes later calls skip the install.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+.PHONY: install test test-functional test-bench-smoke bench bench-gpu compare clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision first, pinned for these machines (constraints.txt says why).
+	$(PY) -m pip install --quiet -c constraints.txt torch torchvision
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The whole suite: functional tests in parallel, then every benchmark once as a smoke run
+# (serially, not timed, nothing saved) so a broken benchmark fails here and not on the GPU runner.
+test: install test-functional test-bench-smoke
+
+test-functional: install
+	$(PYTEST) tests --ignore=tests/bench -n auto
+
+test-bench-smoke: install
+	$(PYTEST) tests/bench --benchmark-disable
+
+# The default tier (CPU here, GPU where CUDA is present), saved under .benchmarks/.
+bench: install
+	$(PYTEST) tests/bench --benchmark-autosave
+
+bench-gpu: install
+	$(PYTEST) tests/bench --benchmark-autosave --require-gpu
+
+# Compare the two latest saved runs of this machine.
+compare: install
+	$(VENV)/bin/pytest-benchmark compare --group-by=name --columns=min,median,max,rounds \
+		$$(ls .benchmarks/*/*.json | tail -n 2)
+
+clean:
+	rm -rf .server-logs .pytest_cache

@@ -1,0 +1,178 @@
+"""A LitServe image classifier on a timm model.
+
+    python -m servers.classifier --port 8000 [--model resnet50 --input-size 224 --max-batch-size 32 ...]
+
+Request:  POST /predict {"image": "<base64 of a PNG/JPEG>"}
+Response: {"predictions": [{"index": 281, "label": "...", "probability": 0.93}, ...]}  (top-k, softmax)
+
+Weights are random unless --weights names a local state dict: no model hub is reached.
+"""
+
+import argparse
+import base64
+import binascii
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import litserve as ls
+from fastapi import HTTPException
+
+from servers.runtime import prepare_main_process, prepare_worker, resolve_device
+
+log = logging.getLogger("servers.classifier")
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    model: str = "resnet18"
+    input_size: int = 224
+    num_classes: int = 1000
+    weights: Optional[str] = None
+    labels: Optional[str] = None
+    precision: str = "fp32"
+    threads: int = 1
+    top_k: int = 5
+
+
+class BadRequest(ValueError):
+    """Input the client must fix; decode_request turns it into a 400."""
+
+
+def decode_image(payload) -> "PIL.Image.Image":
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(payload, dict):
+        raise BadRequest("request body must be a JSON object with an 'image' field")
+    encoded = payload.get("image")
+    if not isinstance(encoded, str) or not encoded:
+        raise BadRequest("'image' must be a non-empty base64 string")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(f"'image' is not valid base64: {exc}") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BadRequest(f"'image' is not a decodable image: {exc}") from None
+    return image.convert("RGB")
+
+
+class ClassifierAPI(ls.LitAPI):
+    def __init__(self, config: ClassifierConfig, max_batch_size: int = 1, batch_timeout: float = 0.0):
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        self.config = config
+
+    def setup(self, device):
+        import timm
+        import torch
+
+        cfg = self.config
+        self.threads = prepare_worker(cfg.threads)
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, DTYPES[cfg.precision])
+        model = timm.create_model(cfg.model, pretrained=False, num_classes=cfg.num_classes)
+        if cfg.weights:
+            model.load_state_dict(torch.load(cfg.weights, map_location="cpu", weights_only=True))
+        self.model = model.eval().to(self.device, self.dtype)
+        data_config = timm.data.resolve_data_config({"input_size": (3, cfg.input_size, cfg.input_size)}, model=model)
+        self.transform = timm.data.create_transform(**data_config)
+        self.labels = _load_labels(cfg.labels, cfg.num_classes)
+        # One forward pass at the largest batch the server can form, so allocator and kernel
+        # selection happen before the first request, not inside a measured one.
+        with torch.inference_mode():
+            self.model(torch.zeros(self.max_batch_size, 3, cfg.input_size, cfg.input_size, device=self.device, dtype=self.dtype))
+        log.warning(
+            "worker ready: model=%s input=%d device=%s precision=%s threads=%d max_batch_size=%d",
+            cfg.model, cfg.input_size, self.device, cfg.precision, self.threads, self.max_batch_size,
+        )
+
+    def decode_request(self, request):
+        try:
+            image = decode_image(request)
+        except BadRequest as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        return self.transform(image)
+
+    def predict(self, x):
+        import torch
+
+        single = x.dim() == 3  # max_batch_size=1: LitServe passes one decoded request
+        if single:
+            x = x.unsqueeze(0)
+        with torch.inference_mode():
+            logits = self.model(x.to(self.device, self.dtype, non_blocking=True))
+            top = torch.softmax(logits.float(), dim=-1).topk(self.config.top_k, dim=-1)
+        probs, indices = top.values.cpu(), top.indices.cpu()  # .cpu() also synchronises CUDA
+        results = [list(zip(i.tolist(), p.tolist())) for i, p in zip(indices, probs)]
+        return results[0] if single else results
+
+    def encode_response(self, output):
+        return {
+            "predictions": [
+                {"index": index, "label": self.labels[index], "probability": prob} for index, prob in output
+            ]
+        }
+
+
+def _load_labels(path: Optional[str], num_classes: int) -> list:
+    if path is None:
+        return [f"class_{i}" for i in range(num_classes)]
+    with open(path) as f:
+        labels = json.load(f)
+    if len(labels) != num_classes:
+        raise ValueError(f"{path} has {len(labels)} labels for {num_classes} classes")
+    return labels
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"])
+    p.add_argument("--model", default="resnet18", help="a timm model name")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--weights", help="local state dict (.pth); random weights without it")
+    p.add_argument("--labels", help="JSON list of class names")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--threads", type=int, default=1, help="torch threads per inference worker")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--max-batch-size", type=int, default=1)
+    p.add_argument("--batch-timeout", type=float, default=0.0, help="seconds to wait to fill a batch")
+    p.add_argument("--workers-per-device", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=30.0, help="LitServe's queue-wait bound (504)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    prepare_main_process()
+    args = parse_args(argv)
+    config = ClassifierConfig(
+        model=args.model, input_size=args.input_size, num_classes=args.num_classes, weights=args.weights,
+        labels=args.labels, precision=args.precision, threads=args.threads, top_k=args.top_k,
+    )
+    device = resolve_device(args.device)
+    api = ClassifierAPI(config, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+    metadata = {**asdict(config), "device": device, "max_batch_size": args.max_batch_size,
+                "batch_timeout": args.batch_timeout, "workers_per_device": args.workers_per_device}
+    server = ls.LitServer(
+        api, accelerator=device, devices=1, workers_per_device=args.workers_per_device,
+        timeout=args.timeout, model_metadata={k: str(v) for k, v in metadata.items()},
+    )
+    # uvicorn waits this long for open keep-alive connections at shutdown (LitServe's 30 s default
+    # turns every teardown after a load run into a 30 s wait).
+    server.uvicorn_graceful_timeout = 2
+    try:
+        server.run(host=args.host, port=args.port, log_level="warning", generate_client_file=False)
+    except KeyboardInterrupt:  # a second signal during shutdown
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""What the benchmarks serve: each variant is a frozen ServerSpec, found by name in an explicit map.
+
+A spec says how to start a server (module + command-line options + environment); fixtures/server.py
+starts it. Options are kept as (flag, value) pairs so the benchmark JSON records them verbatim.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    module: str
+    options: tuple = ()  # (("model", "resnet18"), ...) -> --model resnet18
+    env: tuple = ()  # (("VAR", "value"), ...) added to the server's environment
+    startup_timeout_s: float = 180.0
+    needs_gpu: bool = False
+
+    def argv(self, port: int) -> list:
+        args = ["-m", self.module, "--port", str(port)]
+        for flag, value in self.options:
+            args += [f"--{flag}", str(value)]
+        return args
+
+    def option(self, flag: str, default: Optional[str] = None) -> Optional[str]:
+        return dict(self.options).get(flag, default)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "module": self.module, **{k: str(v) for k, v in self.options}}
+
+
+@dataclass(frozen=True)
+class ClassifierTier:
+    """One device class's classifier workload: a model small enough that a CPU benchmark finishes
+    in seconds, the seeds' sizes (resnet50 at 224) on a GPU."""
+
+    device: str
+    model: str
+    input_size: int
+    threads: int  # torch threads per inference worker
+    concurrency: tuple  # closed-loop concurrency levels measured per variant
+    requests_per_round: int
+    rounds: int
+    batched_max_batch_size: int
+    batched_timeout_s: float
+    batched_workers: int
+
+
+CLASSIFIER_TIERS = {
+    # 2-core CPU: server workers and the load generator share the cores, so each worker runs one
+    # torch thread (the default of two was 3-13x slower, ../shared/NOTES-stack.md).
+    "cpu": ClassifierTier(
+        device="cpu", model="resnet18", input_size=112, threads=1, concurrency=(1, 8),
+        requests_per_round=48, rounds=3, batched_max_batch_size=8, batched_timeout_s=0.01, batched_workers=2,
+    ),
+    "gpu": ClassifierTier(
+        device="cuda", model="resnet50", input_size=224, threads=2, concurrency=(1, 8, 32, 64),
+        requests_per_round=512, rounds=5, batched_max_batch_size=64, batched_timeout_s=0.005, batched_workers=4,
+    ),
+}
+
+
+def classifier_variants(tier_name: str) -> dict:
+    """name -> ServerSpec for the foundation's two variants of one tier."""
+    tier = CLASSIFIER_TIERS[tier_name]
+    common = (
+        ("model", tier.model), ("input-size", tier.input_size), ("device", tier.device),
+        ("precision", "fp32"), ("threads", tier.threads),
+    )
+    needs_gpu = tier.device == "cuda"
+    return {
+        "baseline": ServerSpec(
+            name=f"{tier_name}-baseline", module="servers.classifier", needs_gpu=needs_gpu,
+            options=common + (("max-batch-size", 1), ("workers-per-device", 1)),
+        ),
+        "batched": ServerSpec(
+            name=f"{tier_name}-batched", module="servers.classifier", needs_gpu=needs_gpu,
+            options=common + (
+                ("max-batch-size", tier.batched_max_batch_size), ("batch-timeout", tier.batched_timeout_s),
+                ("workers-per-device", tier.batched_workers),
+            ),
+        ),
+    }

@@ -1,0 +1,70 @@
+"""Classifier serving throughput: each variant x concurrency level is one benchmark.
+
+A round is one closed-loop load run of a fixed request count, so pytest-benchmark's time per round
+is the inverse of throughput and `--benchmark-compare-fail=median:10%` means what users expect.
+The figures (req/s, latency percentiles, errors) go into extra_info with what produced them.
+"""
+
+import pytest
+
+from fixtures.load import run_closed_loop
+from fixtures.metrics import error_breakdown, summarize
+from fixtures.payloads import classifier_bodies
+from servers.variants import CLASSIFIER_TIERS, classifier_variants
+
+
+def _cases():
+    for tier_name, tier in CLASSIFIER_TIERS.items():
+        marks = [pytest.mark.gpu] if tier.device == "cuda" else []
+        for spec in classifier_variants(tier_name).values():
+            for concurrency in tier.concurrency:
+                yield pytest.param(tier, spec, concurrency, marks=marks, id=f"{spec.name}-c{concurrency}")
+
+
+def _ms(seconds):
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+@pytest.mark.benchmark(group="classifier")
+@pytest.mark.parametrize("tier, server, concurrency", list(_cases()), indirect=["server"])
+def test_classifier_throughput(benchmark, tier, server, concurrency):
+    url = f"{server.url}/predict"
+    bodies = classifier_bodies(tier.input_size)
+
+    # Warm-up: one load run at this concurrency (connections, worker caches, batch shapes), unmeasured.
+    warmup = run_closed_loop(url, bodies, min(tier.requests_per_round, 4 * concurrency), concurrency)
+    assert all(r.ok for r in warmup.results), f"warm-up failed: {error_breakdown(warmup.results)}"
+
+    runs = []
+    benchmark.pedantic(
+        lambda: runs.append(run_closed_loop(url, bodies, tier.requests_per_round, concurrency)),
+        rounds=tier.rounds, iterations=1, warmup_rounds=0,
+    )
+
+    results = [r for run in runs for r in run.results]
+    summary = summarize(results, sum(run.wall_s for run in runs))
+    spec = server.spec
+    benchmark.extra_info.update({
+        "rps": summary.rps,
+        "rps_per_round": [summarize(run.results, run.wall_s).rps for run in runs],
+        "latency_mean_ms": _ms(summary.latency_mean_s),
+        "latency_p50_ms": _ms(summary.latency_p50_s),
+        "latency_p90_ms": _ms(summary.latency_p90_s),
+        "latency_p95_ms": _ms(summary.latency_p95_s),
+        "latency_p99_ms": _ms(summary.latency_p99_s),
+        "requests": summary.requests,
+        "errors": summary.errors,
+        "success_rate": summary.success_rate,
+        "concurrency": concurrency,
+        "requests_per_round": tier.requests_per_round,
+        "device": spec.option("device"),
+        "model": spec.option("model"),
+        "input_size": int(spec.option("input-size")),
+        "precision": spec.option("precision"),
+        "threads_per_worker": int(spec.option("threads")),
+        "max_batch_size": int(spec.option("max-batch-size")),
+        "workers_per_device": int(spec.option("workers-per-device")),
+        "server": spec.describe(),
+        "server_ready_s": round(server.ready_after_s, 2),
+    })
+    assert summary.errors == 0, f"{summary.errors}/{summary.requests} requests failed: {error_breakdown(results)}"
