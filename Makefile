@@ -4,16 +4,16 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+CONSTRAINTS ?= -c constraints.txt
 PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 .PHONY: install test test-functional test-bench-smoke bench bench-gpu compare clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	# torch/torchvision first, pinned for these machines (constraints.txt says why).
-	$(PY) -m pip install --quiet -c constraints.txt torch torchvision
-	$(PY) -m pip install --quiet -c constraints.txt -e .
+	$(PY) -m pip install --quiet $(CONSTRAINTS) torch torchvision
+	$(PY) -m pip install --quiet $(CONSTRAINTS) -e .
 	touch $(STAMP)
 
 install: $(STAMP)

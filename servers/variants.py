@@ -12,7 +12,7 @@ from typing import Optional
 class ServerSpec:
     name: str
     module: str
-    options: tuple = ()  # (("model", "resnet18"), ...) -> --model resnet18
+    options: tuple = ()  # (("model", "resnet18"), ("flag", True)) -> --model resnet18 --flag
     env: tuple = ()  # (("VAR", "value"), ...) added to the server's environment
     startup_timeout_s: float = 180.0
     needs_gpu: bool = False
@@ -20,7 +20,7 @@ class ServerSpec:
     def argv(self, port: int) -> list:
         args = ["-m", self.module, "--port", str(port)]
         for flag, value in self.options:
-            args += [f"--{flag}", str(value)]
+            args += [f"--{flag}"] if value is True else [f"--{flag}", str(value)]
         return args
 
     def option(self, flag: str, default: Optional[str] = None) -> Optional[str]:

@@ -1,0 +1,115 @@
+"""The classifier server answers correctly: top-k softmax, the same answers as the model called
+in-process (so batching keeps requests in order), local weights and labels, 400 on bad input."""
+
+import base64
+import concurrent.futures
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+import timm
+import torch
+
+from fixtures.payloads import classifier_body, synthetic_image
+from fixtures.server import start_server
+from servers.classifier import decode_image
+from servers.variants import ServerSpec
+
+MODEL, SIZE, CLASSES = "resnet18", 64, 10
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("classifier")
+    torch.manual_seed(0)
+    model = timm.create_model(MODEL, pretrained=False, num_classes=CLASSES).eval()
+    torch.save(model.state_dict(), folder / "weights.pth")
+    (folder / "labels.json").write_text(json.dumps([f"label-{i}" for i in range(CLASSES)]))
+    return model, folder
+
+
+@pytest.fixture(scope="module")
+def classifier(weights, tmp_path_factory):
+    _, folder = weights
+    spec = ServerSpec(
+        name="classifier-functional", module="servers.classifier",
+        options=(
+            ("model", MODEL), ("input-size", SIZE), ("num-classes", CLASSES), ("device", "cpu"),
+            ("weights", folder / "weights.pth"), ("labels", folder / "labels.json"), ("top-k", 3),
+            # Batches of up to 4 with a generous timeout, so concurrent requests share a batch.
+            ("max-batch-size", 4), ("batch-timeout", 0.05), ("threads", 1),
+        ),
+    )
+    server = start_server(spec, tmp_path_factory.mktemp("logs"))
+    yield server
+    server.stop()
+
+
+def post(url, body: bytes):
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def expected_top(model, body: bytes, k=3):
+    image = decode_image(json.loads(body))  # the JPEG the server sees, not the image before encoding
+    data_config = timm.data.resolve_data_config({"input_size": (3, SIZE, SIZE)}, model=model)
+    x = timm.data.create_transform(**data_config)(image).unsqueeze(0)
+    with torch.inference_mode():
+        top = torch.softmax(model(x), dim=-1).topk(k)
+    return top.indices[0].tolist(), top.values[0].tolist()
+
+
+def test_response_is_top_k_softmax_with_labels(classifier):
+    status, body = post(f"{classifier.url}/predict", classifier_body(synthetic_image(SIZE)))
+    assert status == 200
+    predictions = body["predictions"]
+    assert len(predictions) == 3
+    probs = [p["probability"] for p in predictions]
+    assert probs == sorted(probs, reverse=True)
+    assert all(0 < p <= 1 for p in probs) and sum(probs) <= 1 + 1e-6
+    assert [p["label"] for p in predictions] == [f"label-{p['index']}" for p in predictions]
+
+
+def test_batched_answers_match_the_model_in_process(classifier, weights):
+    model, _ = weights
+    bodies = [classifier_body(synthetic_image(SIZE, seed)) for seed in range(8)]
+    # Sent concurrently so the server forms batches; each answer must be its own request's.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda body: post(f"{classifier.url}/predict", body), bodies))
+    for request_body, (status, body) in zip(bodies, answers):
+        assert status == 200
+        indices, probs = expected_top(model, request_body)
+        assert [p["index"] for p in body["predictions"]] == indices
+        assert [p["probability"] for p in body["predictions"]] == pytest.approx(probs, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "body, detail",
+    [
+        (b"{}", "'image' must be a non-empty base64 string"),
+        (b'{"image": 3}', "'image' must be a non-empty base64 string"),
+        (b'{"image": "not base64 !!"}', "not valid base64"),
+        (json.dumps({"image": base64.b64encode(b"plain text, not an image").decode()}).encode(), "not a decodable image"),
+        (b"[1, 2]", "must be a JSON object"),
+    ],
+    ids=["missing-field", "wrong-type", "bad-base64", "not-an-image", "not-an-object"],
+)
+def test_bad_input_is_a_400_naming_the_problem_and_the_server_keeps_serving(classifier, body, detail):
+    status, answer = post(f"{classifier.url}/predict", body)
+    assert status == 400
+    assert detail in answer["detail"]
+    status, _ = post(f"{classifier.url}/predict", classifier_body(synthetic_image(SIZE)))
+    assert status == 200
+
+
+def test_info_describes_the_served_model(classifier):
+    with urllib.request.urlopen(f"{classifier.url}/info", timeout=10) as response:
+        info = json.loads(response.read())
+    assert info["model"]["model"] == MODEL
+    assert info["model"]["max_batch_size"] == "4"
+    assert info["model"]["device"] == "cpu"

@@ -1,0 +1,94 @@
+"""The load generator against an in-process aiohttp server on loopback."""
+
+import asyncio
+import threading
+
+import pytest
+from aiohttp import web
+
+from fixtures.load import closed_loop, run_closed_loop
+from fixtures.server import LOOPBACK, free_port
+
+
+class StubServer:
+    """Counts requests, tracks the most in flight at once, fails on request bodies b'fail'."""
+
+    def __init__(self, delay_s=0.01):
+        self.delay_s = delay_s
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def handle(self, request):
+        body = await request.read()
+        self.requests += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight -= 1
+        if body == b"fail":
+            return web.json_response({"detail": "bad"}, status=400)
+        return web.json_response({"ok": True})
+
+
+@pytest.fixture
+def stub():
+    state = StubServer()
+    app = web.Application()
+    app.router.add_post("/predict", state.handle)
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, LOOPBACK, port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    state.url = f"http://{LOOPBACK}:{port}/predict"
+    yield state
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+
+
+def test_closed_loop_sends_exactly_n_and_respects_concurrency(stub):
+    run = run_closed_loop(stub.url, [b"{}"], num_requests=40, concurrency=4)
+    assert len(run.results) == 40 and all(r.ok and r.status == 200 for r in run.results)
+    assert stub.requests == 40
+    assert stub.max_in_flight == 4
+    # 40 requests of >= 10 ms at 4 in flight take at least 100 ms.
+    assert run.wall_s >= 0.1
+    assert all(r.latency_s >= 0.01 for r in run.results)
+
+
+def test_warmup_requests_are_sent_but_not_reported(stub):
+    run = run_closed_loop(stub.url, [b"{}"], num_requests=5, concurrency=2, warmup_requests=3)
+    assert stub.requests == 8
+    assert len(run.results) == 5
+
+
+def test_http_errors_are_recorded_with_status_and_body(stub):
+    run = run_closed_loop(stub.url, [b"{}", b"fail"], num_requests=6, concurrency=2)
+    statuses = [r.status for r in run.results]
+    assert statuses == [200, 400, 200, 400, 200, 400]  # bodies are used in turn
+    failed = [r for r in run.results if not r.ok]
+    assert len(failed) == 3 and all('"bad"' in r.error for r in failed)
+
+
+def test_connection_refused_is_an_error_not_an_exception():
+    url = f"http://{LOOPBACK}:{free_port()}/predict"  # nothing listens there
+    run = run_closed_loop(url, [b"{}"], num_requests=3, concurrency=3)
+    assert [r.status for r in run.results] == [0, 0, 0]
+    assert all(not r.ok and "Connect" in r.error for r in run.results)
+
+
+def test_timeout_is_recorded(stub):
+    stub.delay_s = 2.0
+    run = run_closed_loop(stub.url, [b"{}"], num_requests=1, concurrency=1, timeout_s=0.2)
+    assert not run.results[0].ok and run.results[0].status == 0 and "Timeout" in run.results[0].error
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        asyncio.run(closed_loop("http://127.0.0.1:1/", [b"{}"], num_requests=0, concurrency=1))

@@ -1,0 +1,99 @@
+"""The conftest wiring as a user meets it: the gpu marker, --require-gpu, the indirect `server`
+fixture and the server log tail in a failure report. Each case runs pytest in a subprocess with
+the project's conftest loaded as a plugin."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from fixtures.machine import cuda_available, device_class, gpu_info, machine_info
+from fixtures.server import REPO_ROOT
+
+GPU_TEST = """
+import pytest
+
+@pytest.mark.gpu
+def test_needs_a_gpu():
+    pass
+"""
+
+SERVER_TEST = """
+import pytest
+from servers.variants import ServerSpec
+
+NOOP = ServerSpec(name="wiring-noop", module="servers.noop", startup_timeout_s=60)
+
+@pytest.mark.parametrize("server", [NOOP], indirect=True, ids=["noop"])
+def test_fails_with_a_server(server):
+    assert server.url.startswith("http://127.0.0.1:")
+    assert False, "deliberate failure"
+"""
+
+
+def run_pytest(tmp_path, source, *args):
+    test_file = tmp_path / "test_case.py"
+    test_file.write_text(source)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "conftest", "-c", str(REPO_ROOT / "pytest.ini"),
+         "--rootdir", str(tmp_path), "-p", "no:cacheprovider", "-rs", str(test_file), *args],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+    )
+
+
+def test_gpu_marker_skips_with_a_reason_or_fails_under_require_gpu(tmp_path):
+    default = run_pytest(tmp_path, GPU_TEST)
+    required = run_pytest(tmp_path, GPU_TEST, "--require-gpu")
+    if cuda_available():
+        assert default.returncode == 0 and required.returncode == 0
+    else:
+        assert default.returncode == 0 and "1 skipped" in default.stdout
+        assert "needs a CUDA GPU" in default.stdout
+        assert required.returncode == 1 and "1 error" in required.stdout  # failed in setup
+        assert "--require-gpu" in required.stdout
+
+
+def test_failure_report_carries_the_server_log_tail(tmp_path):
+    result = run_pytest(tmp_path, SERVER_TEST)
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "deliberate failure" in result.stdout
+    assert "server log tail" in result.stdout
+    assert "survived the session" not in result.stdout
+
+
+def test_machine_info_names_the_device_and_versions():
+    info = machine_info()
+    assert info["cpu_info"]["logical_cores"] >= 1
+    assert info["packages"]["torch"] and info["packages"]["litserve"]
+    assert info["device_class"] == (gpu_info()[0]["name"] if cuda_available() else "cpu")
+    if not cuda_available():
+        assert info["gpus"] == [] or all("name" in gpu for gpu in info["gpus"])
+
+
+TRIVIAL_BENCHMARK = """
+def test_trivial(benchmark):
+    benchmark.extra_info["rps"] = 1.5
+    benchmark.pedantic(sum, args=([1, 2, 3],), rounds=3, iterations=1)
+"""
+
+
+def test_saved_runs_carry_machine_info_and_compare(tmp_path):
+    """Two autosaved runs land in the storage with our machine_info, and `pytest-benchmark compare`
+    reads them back."""
+    import json
+
+    storage = tmp_path / "storage"
+    for _ in range(2):
+        result = run_pytest(tmp_path, TRIVIAL_BENCHMARK, "--benchmark-autosave", f"--benchmark-storage={storage}")
+        assert result.returncode == 0, result.stdout[-2000:]
+    saved = sorted(storage.glob("*/*.json"))
+    assert len(saved) == 2
+    run = json.loads(saved[-1].read_text())
+    assert run["machine_info"]["device_class"] == device_class()
+    assert run["machine_info"]["packages"]["litserve"]
+    assert run["benchmarks"][0]["extra_info"] == {"rps": 1.5}
+    compare = subprocess.run(
+        [str(Path(sys.executable).parent / "pytest-benchmark"), "--storage", str(storage), "compare", "0001", "0002"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert compare.returncode == 0, compare.stderr
+    assert compare.stdout.count("test_trivial") == 2

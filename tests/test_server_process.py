@@ -1,0 +1,151 @@
+"""Server lifecycle: readiness, clean stop, no orphans, failures reported with the log tail.
+These start the no-op LitServe API (1-3 s) rather than a model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+import fixtures.server as server_module
+from fixtures.server import REPO_ROOT, ServerStartError, start_server
+from servers.variants import ServerSpec
+
+NOOP = ServerSpec(name="noop", module="servers.noop", options=(("workers-per-device", 2),), startup_timeout_s=60)
+
+
+def wait_until_gone(pids, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
+        time.sleep(0.1)
+    return alive
+
+
+def post(url, payload):
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_start_serve_stop_leaves_no_process(tmp_path):
+    server = start_server(NOOP, tmp_path)
+    try:
+        assert server.ready_after_s > 0
+        assert post(f"{server.url}/predict", {"x": 1}) == (200, {"output": {"x": 1}})
+        pids = server.alive_pids()
+        # main process, 2 inference workers, at least one uvicorn server process
+        assert len(pids) >= 4, pids
+    finally:
+        server.stop()
+    assert not server.alive_pids()
+    assert not wait_until_gone(pids, timeout_s=1)
+    assert server.process.returncode is not None
+
+
+def test_sigterm_to_the_main_process_alone_stops_every_worker(tmp_path):
+    """LitServe alone leaves its workers serving after SIGTERM; the entry point must not."""
+    server = start_server(NOOP, tmp_path)
+    pids = server.alive_pids()
+    try:
+        os.kill(server.process.pid, signal.SIGTERM)
+        server.process.wait(timeout=20)
+        assert not wait_until_gone(pids), f"survived SIGTERM to the main process; log:\n{server.log_tail()}"
+    finally:
+        server.stop()
+
+
+HELPER = """
+import json, sys
+from pathlib import Path
+from fixtures.server import start_server
+from servers.variants import ServerSpec
+server = start_server(ServerSpec(name="orphan-check", module="servers.noop", options=(("workers-per-device", 2),)), Path(sys.argv[1]))
+print(json.dumps(sorted(server.alive_pids())), flush=True)
+sys.stdin.read()  # wait to be killed
+"""
+
+
+def test_servers_die_with_a_killed_parent(tmp_path):
+    """If pytest itself is SIGKILLed, its servers must not keep serving (parent-death signal)."""
+    helper = subprocess.Popen(
+        [sys.executable, "-c", HELPER, str(tmp_path)], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True,
+    )
+    pids = []
+    try:
+        line = helper.stdout.readline()
+        assert line, "helper did not start its server"
+        pids = json.loads(line)
+        assert len(pids) >= 4
+        helper.kill()
+        helper.wait(timeout=10)
+        survivors = wait_until_gone(pids)
+        assert not survivors, f"still running after their parent was killed: {survivors}"
+    finally:
+        helper.kill()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_crash_at_startup_fails_fast_with_exit_code_and_log_tail(tmp_path):
+    spec = ServerSpec(name="crashes", module="servers.noop", options=(("fail-setup", True),))
+    started = time.monotonic()
+    with pytest.raises(ServerStartError) as error:
+        start_server(spec, tmp_path, timeout_s=60)
+    assert time.monotonic() - started < 30  # fails when the process dies, not at the deadline
+    message = str(error.value)
+    assert "exited with code 1" in message
+    assert "asked to fail in setup" in message  # the log tail
+    assert not error.value.server.alive_pids()
+
+
+def test_never_ready_fails_at_the_deadline_and_is_stopped(tmp_path):
+    spec = ServerSpec(name="never-ready", module="servers.noop", options=(("setup-delay", 600),))
+    with pytest.raises(ServerStartError, match=r"not ready after 4 s") as error:
+        start_server(spec, tmp_path, timeout_s=4)
+    assert not error.value.server.alive_pids()
+
+
+def test_unknown_module_is_reported(tmp_path):
+    spec = ServerSpec(name="missing", module="servers.does_not_exist")
+    with pytest.raises(ServerStartError, match="No module named"):
+        start_server(spec, tmp_path, timeout_s=30)
+
+
+def test_port_taken_between_pick_and_bind_is_retried(tmp_path, monkeypatch):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([taken.getsockname()[1]])
+    real_free_port = server_module.free_port
+    monkeypatch.setattr(server_module, "free_port", lambda: next(ports, None) or real_free_port())
+    try:
+        server = start_server(NOOP, tmp_path)
+        try:
+            assert server.port != taken.getsockname()[1]
+            assert post(f"{server.url}/predict", {}) == (200, {"output": {}})
+        finally:
+            server.stop()
+    finally:
+        taken.close()
+    logs = sorted(tmp_path.glob("noop-*.log"))
+    assert len(logs) == 2 and "address already in use" in logs[0].read_text().lower()
+
+
+def test_spec_is_hashable_and_renders_its_command_line():
+    spec = ServerSpec(name="x", module="servers.noop", options=(("max-batch-size", 4), ("fail-setup", True)))
+    assert hash(spec) == hash(ServerSpec(name="x", module="servers.noop", options=(("max-batch-size", 4), ("fail-setup", True))))
+    assert spec.argv(1234) == ["-m", "servers.noop", "--port", "1234", "--max-batch-size", "4", "--fail-setup"]
+    assert spec.option("max-batch-size") == 4 and spec.option("absent", "d") == "d"
