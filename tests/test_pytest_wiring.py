@@ -2,6 +2,7 @@
 fixture and the server log tail in a failure report. Each case runs pytest in a subprocess with
 the project's conftest loaded as a plugin."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,8 @@ def run_pytest(tmp_path, source, *args):
         [sys.executable, "-m", "pytest", "-p", "conftest", "-c", str(REPO_ROOT / "pytest.ini"),
          "--rootdir", str(tmp_path), "-p", "no:cacheprovider", "-rs", str(test_file), *args],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+        # Not an xdist worker's environment: pytest-benchmark disables itself under xdist.
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
     )
 
 
