@@ -39,6 +39,24 @@ class ClassifierConfig:
     top_k: int = 5
 
 
+def torch_dtype(precision: str):
+    import torch
+
+    return getattr(torch, DTYPES[precision])
+
+
+def build_model(config: ClassifierConfig, device):
+    """The served model, in eval mode on `device` in the configured precision. The direct-throughput
+    ceiling (fixtures/ceilings.py) builds it with this same function."""
+    import timm
+    import torch
+
+    model = timm.create_model(config.model, pretrained=False, num_classes=config.num_classes)
+    if config.weights:
+        model.load_state_dict(torch.load(config.weights, map_location="cpu", weights_only=True))
+    return model.eval().to(device, torch_dtype(config.precision))
+
+
 class BadRequest(ValueError):
     """Input the client must fix; decode_request turns it into a 400."""
 
@@ -75,12 +93,9 @@ class ClassifierAPI(ls.LitAPI):
         cfg = self.config
         self.threads = prepare_worker(cfg.threads)
         self.device = torch.device(device)
-        self.dtype = getattr(torch, DTYPES[cfg.precision])
-        model = timm.create_model(cfg.model, pretrained=False, num_classes=cfg.num_classes)
-        if cfg.weights:
-            model.load_state_dict(torch.load(cfg.weights, map_location="cpu", weights_only=True))
-        self.model = model.eval().to(self.device, self.dtype)
-        data_config = timm.data.resolve_data_config({"input_size": (3, cfg.input_size, cfg.input_size)}, model=model)
+        self.dtype = torch_dtype(cfg.precision)
+        self.model = build_model(cfg, self.device)
+        data_config = timm.data.resolve_data_config({"input_size": (3, cfg.input_size, cfg.input_size)}, model=self.model)
         self.transform = timm.data.create_transform(**data_config)
         self.labels = _load_labels(cfg.labels, cfg.num_classes)
         # One forward pass at the largest batch the server can form, so allocator and kernel
@@ -150,13 +165,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
-    prepare_main_process()
-    args = parse_args(argv)
-    config = ClassifierConfig(
+def config_from_args(args) -> ClassifierConfig:
+    return ClassifierConfig(
         model=args.model, input_size=args.input_size, num_classes=args.num_classes, weights=args.weights,
         labels=args.labels, precision=args.precision, threads=args.threads, top_k=args.top_k,
     )
+
+
+def main(argv=None):
+    prepare_main_process()
+    args = parse_args(argv)
+    config = config_from_args(args)
     device = resolve_device(args.device)
     api = ClassifierAPI(config, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
     metadata = {**asdict(config), "device": device, "max_batch_size": args.max_batch_size,

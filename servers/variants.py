@@ -40,6 +40,7 @@ class ClassifierTier:
     input_size: int
     threads: int  # torch threads per inference worker
     concurrency: tuple  # closed-loop concurrency levels measured per variant
+    direct_batch_sizes: tuple  # batch sizes of the in-process direct-throughput ceiling
     requests_per_round: int
     rounds: int
     batched_max_batch_size: int
@@ -51,11 +52,11 @@ CLASSIFIER_TIERS = {
     # 2-core CPU: server workers and the load generator share the cores, so each worker runs one
     # torch thread (the default of two was 3-13x slower, ../shared/NOTES-stack.md).
     "cpu": ClassifierTier(
-        device="cpu", model="resnet18", input_size=112, threads=1, concurrency=(1, 8),
+        device="cpu", model="resnet18", input_size=112, threads=1, concurrency=(1, 8), direct_batch_sizes=(1, 8),
         requests_per_round=48, rounds=3, batched_max_batch_size=8, batched_timeout_s=0.01, batched_workers=2,
     ),
     "gpu": ClassifierTier(
-        device="cuda", model="resnet50", input_size=224, threads=2, concurrency=(1, 8, 32, 64),
+        device="cuda", model="resnet50", input_size=224, threads=2, concurrency=(1, 8, 32, 64), direct_batch_sizes=(1, 8, 32, 64),
         requests_per_round=512, rounds=5, batched_max_batch_size=64, batched_timeout_s=0.005, batched_workers=4,
     ),
 }

@@ -2,11 +2,15 @@
 
 A round is one closed-loop load run of a fixed request count, so pytest-benchmark's time per round
 is the inverse of throughput and `--benchmark-compare-fail=median:10%` means what users expect.
-The figures (req/s, latency percentiles, errors) go into extra_info with what produced them.
+extra_info records req/s and latency, what produced them, the three ceilings (direct model,
+compute roofline, memory roofline) and the efficiency ratios; then the floors are asserted.
 """
 
 import pytest
 
+from fixtures import machine
+from fixtures.ceilings import efficiency
+from fixtures.floors import check_floor, find_floor
 from fixtures.load import run_closed_loop
 from fixtures.metrics import error_breakdown, summarize
 from fixtures.payloads import classifier_bodies
@@ -27,7 +31,8 @@ def _ms(seconds):
 
 @pytest.mark.benchmark(group="classifier")
 @pytest.mark.parametrize("tier, server, concurrency", list(_cases()), indirect=["server"])
-def test_classifier_throughput(benchmark, tier, server, concurrency):
+def test_classifier_throughput(request, benchmark, classifier_ceilings, floors, bench_rows, tier, server, concurrency):
+    # classifier_ceilings comes before server in the signature: measured before any server starts.
     url = f"{server.url}/predict"
     bodies = classifier_bodies(tier.input_size)
 
@@ -44,7 +49,8 @@ def test_classifier_throughput(benchmark, tier, server, concurrency):
     results = [r for run in runs for r in run.results]
     summary = summarize(results, sum(run.wall_s for run in runs))
     spec = server.spec
-    benchmark.extra_info.update({
+    ceilings = classifier_ceilings[spec.name]
+    figures = {
         "rps": summary.rps,
         "rps_per_round": [summarize(run.results, run.wall_s).rps for run in runs],
         "latency_mean_ms": _ms(summary.latency_mean_s),
@@ -66,5 +72,21 @@ def test_classifier_throughput(benchmark, tier, server, concurrency):
         "workers_per_device": int(spec.option("workers-per-device")),
         "server": spec.describe(),
         "server_ready_s": round(server.ready_after_s, 2),
-    })
+        **ceilings.as_dict(),
+        **efficiency(summary.rps, ceilings),
+    }
+    benchmark.extra_info.update(figures)
+    benchmark_id = request.node.callspec.id
+    device_class = "cpu" if spec.option("device") == "cpu" else machine.device_class()
+    floor = find_floor(floors, device_class, benchmark_id)
+    bench_rows.append({"benchmark": benchmark_id, **figures, "floor": "none" if floor is None else "set"})
+
     assert summary.errors == 0, f"{summary.errors}/{summary.requests} requests failed: {error_breakdown(results)}"
+    if benchmark.disabled:
+        return  # smoke pass (make test): one unwarmed-by-rounds run, too noisy for floors
+    if floor is None:
+        pytest.skip(f"no floor for {benchmark_id!r} on {device_class!r} in floors.toml: figures recorded, nothing asserted")
+    ceiling_view = {"direct": ceilings.direct_rps, "roofline(measured)": ceilings.roofline_rps_measured,
+                    "roofline(datasheet)": ceilings.roofline_rps_datasheet}
+    failures = check_floor(floor, figures, ceiling_view)
+    assert not failures, "\n".join(failures)

@@ -1,0 +1,63 @@
+"""Benchmark-only fixtures: ceilings measured before any server starts, the floors file, and the
+terminal table of req/s against ceilings."""
+
+import pytest
+
+from fixtures import ceilings as ceilings_module
+from fixtures import machine
+from fixtures.floors import load_floors
+from fixtures.report import ceiling_table
+from servers import classifier
+
+ROWS = pytest.StashKey[list]()
+
+
+def classifier_server_args(spec):
+    """The classifier's own parser reads the spec, so the direct ceiling builds exactly the served model."""
+    return classifier.parse_args(spec.argv(0)[2:])
+
+
+def _runnable_classifier_cases(session):
+    for item in session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        spec, tier = params.get("server"), params.get("tier")
+        if spec is None or tier is None or spec.module != "servers.classifier":
+            continue
+        if spec.needs_gpu and not machine.cuda_available():
+            continue
+        yield tier, spec
+
+
+@pytest.fixture(scope="session")
+def classifier_ceilings(request):
+    """spec name -> ClassifierCeilings, measured for every classifier case of the session at its start,
+    while no server runs (an idle batched LitServe loop still polls at up to 0.66 cores)."""
+    min_time_s = 0.2 if request.config.getoption("benchmark_disable") else 1.0
+    found = {}
+    for tier, spec in _runnable_classifier_cases(request.session):
+        if spec.name in found:
+            continue
+        args = classifier_server_args(spec)
+        found[spec.name] = ceilings_module.classifier_ceilings(
+            classifier.config_from_args(args), args.device, args.max_batch_size, args.workers_per_device,
+            tier.direct_batch_sizes, min_time_s,
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
+def floors():
+    return load_floors()
+
+
+@pytest.fixture(scope="session")
+def bench_rows(request):
+    rows = request.config.stash.setdefault(ROWS, [])
+    return rows
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    rows = config.stash.get(ROWS, [])
+    if rows:
+        terminalreporter.write_sep("-", "served throughput against its ceilings (req/s)")
+        terminalreporter.write_line(ceiling_table(rows))
