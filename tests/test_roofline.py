@@ -1,0 +1,141 @@
+"""Ceilings arithmetic: FLOP counting against hand counts, the peak table, ratios, floors."""
+
+import pytest
+import torch
+
+from fixtures import roofline
+from fixtures.ceilings import DeviceCeilings, time_per_call
+from fixtures.floors import Floor, check_floor, find_floor, load_floors
+from fixtures.peaks import GPU_PEAKS, UnknownGPU, lookup_gpu
+
+
+def test_flops_of_a_linear_layer_match_the_hand_count():
+    layer = torch.nn.Linear(8, 4, bias=False)
+    # batch 3: 3 x 4 outputs, each 8 multiply-adds = 2 FLOPs each -> 192 FLOPs, 64 per sample
+    assert roofline.flops_per_sample(layer, torch.zeros(3, 8)) == 2 * 8 * 4
+
+
+def test_flops_of_a_conv_layer_match_the_hand_count():
+    conv = torch.nn.Conv2d(3, 16, kernel_size=3, bias=False)
+    # 10x10 input, no padding -> 8x8 outputs per channel; each output: 3*3*3 multiply-adds
+    expected = 2 * 16 * 8 * 8 * 3 * 3 * 3
+    assert roofline.flops_per_sample(conv, torch.zeros(2, 3, 10, 10)) == expected
+
+
+def test_parameter_bytes_follow_precision():
+    layer = torch.nn.Linear(10, 10)  # 110 parameters
+    assert roofline.parameter_bytes(layer) == 110 * 4
+    assert roofline.parameter_bytes(layer.to(torch.bfloat16)) == 110 * 2
+
+
+def test_rooflines_and_ratios():
+    assert roofline.compute_roofline(1e12, 2e9) == 500.0  # 1 TFLOP/s over 2 GFLOP per image
+    assert roofline.memory_roofline(3e12, 1.5e9) == 2000.0  # e.g. decode: 3 TB/s over 1.5 GB per token
+    assert roofline.roofline(500.0, 2000.0) == 500.0
+    assert roofline.roofline(None, 2000.0) == 2000.0
+    assert roofline.roofline(None, None) is None
+    assert roofline.compute_roofline(None, 2e9) is None
+    assert roofline.ratio(45.0, 90.0) == 0.5
+    assert roofline.ratio(45.0, None) is None and roofline.ratio(None, 90.0) is None
+    # weights once per batch of 8 plus a 3x224x224 fp32 input
+    assert roofline.classifier_bytes_per_sample(8_000, 8, 602_112) == 1_000 + 602_112
+
+
+def test_peak_dtype_key():
+    assert roofline.peak_dtype_key("fp32", "cuda", cudnn_allow_tf32=True) == "tf32"
+    assert roofline.peak_dtype_key("fp32", "cuda", cudnn_allow_tf32=False) == "fp32"
+    assert roofline.peak_dtype_key("fp32", "cpu", cudnn_allow_tf32=True) == "fp32"
+    assert roofline.peak_dtype_key("bf16", "cuda", cudnn_allow_tf32=True) == "bf16"
+
+
+def test_known_gpus_by_nvml_name_and_memory():
+    h100 = lookup_gpu("NVIDIA H100 80GB HBM3", 79.6)  # NVML on the lent H100: 81559 MiB
+    assert h100.name == "H100 SXM" and h100.bf16_tflops == 989.5 and h100.memory_bandwidth_gbs == 3350
+    assert h100.flops_per_s("bf16") == 989.5e12 and h100.bytes_per_s == 3.35e12
+    assert lookup_gpu("NVIDIA H200", 140.4).memory_bandwidth_gbs == 4800
+    assert lookup_gpu("Tesla T4", 15.0).flops_per_s("tf32") is None  # Turing has no TF32
+    assert lookup_gpu("NVIDIA A100-SXM4-80GB", 79.2).memory_bandwidth_gbs == 2039
+
+
+def test_every_peak_entry_names_its_source_and_is_dense():
+    for name, peaks in GPU_PEAKS.items():
+        assert peaks.source.startswith("http"), name
+        if peaks.bf16_tflops and peaks.tf32_tflops:
+            assert peaks.bf16_tflops == pytest.approx(2 * peaks.tf32_tflops, rel=0.02), name
+
+
+def test_unknown_gpu_is_an_error_not_a_guess():
+    with pytest.raises(UnknownGPU, match="unknown GPU"):
+        lookup_gpu("NVIDIA Imaginary 9000", 80)
+    with pytest.raises(UnknownGPU, match="reports 40.0 GiB"):
+        lookup_gpu("NVIDIA H100 80GB HBM3", 40.0)
+
+
+def test_device_ceilings_expose_datasheet_peaks_only_when_known():
+    cpu = DeviceCeilings("cpu", "Xeon", 2, {"fp32": 3e11}, 2.6e10, None, "cpu: no datasheet")
+    assert cpu.datasheet_flops_per_s("fp32") is None and cpu.datasheet_bytes_per_s is None
+    from dataclasses import asdict
+
+    gpu = DeviceCeilings("cuda", "NVIDIA H200", 16, {}, 4.3e12, asdict(GPU_PEAKS["NVIDIA H200"]), "known")
+    assert gpu.datasheet_flops_per_s("bf16") == 989.5e12
+    assert gpu.datasheet_flops_per_s("int8") == 1979e12
+    assert gpu.datasheet_bytes_per_s == 4.8e12
+
+
+def test_time_per_call_runs_until_min_time():
+    calls = []
+    seconds = time_per_call(lambda: calls.append(1), "cpu", min_time_s=0.01, warmup=2)
+    assert seconds > 0 and len(calls) > 2
+
+
+FLOORS = {
+    "cpu": {
+        "machine": "2-core Xeon", "measured": "2026-11-23", "margin": "30%",
+        "cpu-batched-c8": {"min_rps": 90.0, "min_api_over_direct": 0.3},
+    },
+}
+
+
+def test_floor_lookup():
+    floor = find_floor(FLOORS, "cpu", "cpu-batched-c8")
+    assert floor.minimums == {"rps": 90.0, "api_over_direct": 0.3}
+    assert floor.provenance == {"machine": "2-core Xeon", "measured": "2026-11-23", "margin": "30%"}
+    assert find_floor(FLOORS, "cpu", "cpu-baseline-c1") is None
+    assert find_floor(FLOORS, "NVIDIA H100 80GB HBM3", "cpu-batched-c8") is None
+    with pytest.raises(ValueError, match="must start with min_"):
+        find_floor({"cpu": {"x": {"rps": 1}}}, "cpu", "x")
+
+
+def test_floor_check_message_shows_measured_floor_and_ceiling():
+    floor = find_floor(FLOORS, "cpu", "cpu-batched-c8")
+    assert check_floor(floor, {"rps": 120.0, "api_over_direct": 0.5}, {"direct": 230.0}) == []
+    failures = check_floor(floor, {"rps": 80.0, "api_over_direct": 0.5}, {"direct": 230.0, "roofline": None})
+    assert len(failures) == 1
+    assert "rps measured 80 < floor 90" in failures[0]
+    assert "direct 230" in failures[0] and "2-core Xeon" in failures[0] and "margin 30%" in failures[0]
+
+
+def test_a_missing_metric_fails_its_floor():
+    floor = Floor("cpu", "b", {"tokens_per_s": 10.0}, {})
+    assert "measured missing" in check_floor(floor, {}, {})[0]
+
+
+def test_the_floors_file_parses_and_every_floor_says_where_it_came_from():
+    floors = load_floors()
+    for device_class, entries in floors.items():
+        benchmarks = {k: v for k, v in entries.items() if isinstance(v, dict)}
+        if benchmarks:
+            assert {"machine", "measured", "margin"} <= entries.keys(), device_class
+        for benchmark_id in benchmarks:
+            assert find_floor(floors, device_class, benchmark_id).minimums
+
+
+def test_suggested_floors_take_the_lowest_run_less_the_margin():
+    from fixtures.floors import suggest_floors
+
+    def run(rps):
+        return {"benchmarks": [{"param": "cpu-batched-c8", "extra_info": {"rps": rps, "api_over_direct": None}}]}
+
+    assert suggest_floors([run(130.0), run(100.0), run(120.0)], ("rps", "api_over_direct"), 0.3) == {
+        "cpu-batched-c8": {"min_rps": 70.0}
+    }
