@@ -58,7 +58,12 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
+    from fixtures.ceilings import device_ceilings
+
     machine_info.update(machine.machine_info())
+    # Measured matmul/copy ceilings beside the datasheet entry, per device (cached: measured once a session).
+    devices = ["cpu"] + (["cuda"] if machine.cuda_available() else [])
+    machine_info["ceilings"] = {device: device_ceilings(device).as_dict() for device in devices}
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -93,6 +93,8 @@ def test_saved_runs_carry_machine_info_and_compare(tmp_path):
     run = json.loads(saved[-1].read_text())
     assert run["machine_info"]["device_class"] == device_class()
     assert run["machine_info"]["packages"]["litserve"]
+    cpu = run["machine_info"]["ceilings"]["cpu"]
+    assert cpu["matmul_flops_per_s"]["fp32"] > 0 and cpu["copy_bytes_per_s"] > 0 and cpu["threads"] >= 1
     assert run["benchmarks"][0]["extra_info"] == {"rps": 1.5}
     compare = subprocess.run(
         [str(Path(sys.executable).parent / "pytest-benchmark"), "--storage", str(storage), "compare", "0001", "0002"],
