@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CONSTRAINTS ?= -c constraints.txt
 PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-.PHONY: install test test-functional test-bench-smoke bench bench-gpu compare clean
+.PHONY: install test test-functional test-bench-smoke bench bench-gpu compare plots regression clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ bench-gpu: install
 compare: install
 	$(VENV)/bin/pytest-benchmark compare --group-by=name --columns=min,median,max,rounds \
 		$$(ls .benchmarks/*/*.json | tail -n 2)
+
+# Trend and per-run plots of every saved run of this machine (also written after each saved run).
+plots: install
+	$(PY) -m fixtures.plots
+
+# Direction-aware check of the newest saved run against the earlier ones; exits 1 on a regression.
+regression: install
+	$(PY) -m fixtures.regression --fail
 
 clean:
 	rm -rf .server-logs .pytest_cache

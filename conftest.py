@@ -24,6 +24,15 @@ def pytest_addoption(parser):
         "--require-gpu", action="store_true",
         help="fail (instead of skip) tests marked gpu when CUDA is absent: for the GPU CI runner",
     )
+    group.addoption(
+        "--regression-fail", action="store_true",
+        help="after saving a run, fail the session if the regression check finds a regression",
+    )
+    group.addoption(
+        "--regression-threshold", type=float, default=0.10,
+        help="relative change below which nothing is reported (default 0.10); noise may raise it",
+    )
+    group.addoption("--no-plots", action="store_true", help="do not plot saved runs at the end of the session")
 
 
 def pytest_runtest_setup(item):
@@ -67,8 +76,40 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """No server process may outlive the session: stop any still running and fail loudly if a
-    process survived its stop."""
+    """Stop every server (failing the session if a process survives), then, when this session saved a
+    benchmark run, plot the history and run the regression check. pytest-benchmark's own
+    sessionfinish is a hook wrapper that saves before this runs."""
+    _check_no_server_survived(session)
+    _after_saved_run(session)
+
+
+def _after_saved_run(session):
+    config = session.config
+    bench = getattr(config, "_benchmarksession", None)
+    if hasattr(config, "workerinput") or bench is None or bench.disabled or not (bench.save or bench.autosave):
+        return  # an xdist worker, or nothing saved this session
+    if not bench.benchmarks:
+        return
+    from fixtures.history import load_history
+    from fixtures.plots import make_plots
+    from fixtures.regression import detect_changes, format_changes, regressions
+
+    storage = Path(str(bench.storage.path))
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    runs = load_history(storage)
+    changes = detect_changes(runs, threshold=config.getoption("--regression-threshold"))
+    found = regressions(changes)
+    if tr is not None:
+        tr.write_line(format_changes(changes, runs), red=bool(found))
+    if not config.getoption("--no-plots"):
+        paths = make_plots(storage, storage / "plots")
+        if tr is not None:
+            tr.write_line(f"plots: {len(paths)} PNG files and index.md in {storage / 'plots'}")
+    if found and config.getoption("--regression-fail"):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _check_no_server_survived(session):
     survivors = {}
     for running in _started_servers:
         running.stop()

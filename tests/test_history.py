@@ -1,0 +1,127 @@
+"""Plots and the regression check over a history of saved runs: one real pytest-benchmark run (made
+by an inner pytest) and synthetic runs derived from it for several commits."""
+
+import copy
+import json
+import random
+
+import pytest
+
+from fixtures.history import load_history, machine_fingerprint
+from fixtures.plots import make_plots
+from fixtures.regression import detect_changes, format_changes, main as regression_main, regressions
+from tests.test_pytest_wiring import run_pytest
+
+REAL_BENCHMARK = """
+import pytest
+
+@pytest.mark.benchmark(group="classifier")
+@pytest.mark.parametrize("concurrency", [8], ids=["cpu-batched-c8"])
+def test_served(benchmark, concurrency):
+    benchmark.pedantic(sum, args=([1, 2, 3],), rounds=3, iterations=1)
+    benchmark.extra_info.update({
+        "rps": 100.0, "rps_per_round": [99.0, 100.0, 101.0], "latency_p99_ms": 80.0, "api_over_direct": 0.5,
+        "concurrency": concurrency, "device": "cpu", "direct_rps": 200.0, "direct_rps_by_batch": {"1": 80.0, "8": 100.0},
+        "model": "resnet18", "input_size": 112, "precision": "fp32", "direct_threads": 1,
+        "server": {"name": "cpu-batched"},
+    })
+"""
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("real")
+    storage = tmp / "storage"
+    result = run_pytest(tmp, REAL_BENCHMARK, "--benchmark-autosave", f"--benchmark-storage={storage}", "--no-plots")
+    assert result.returncode == 0, result.stdout[-3000:]
+    (path,) = storage.glob("*/*.json")
+    return json.loads(path.read_text())
+
+
+def write_history(storage, template, rps_per_commit, seed=0, noise=0.03, dirty_last=False):
+    """One saved run per commit, in commit order, each with 5 rounds of rps around the given mean."""
+    rng = random.Random(seed)
+    folder = storage / "Linux-CPython-3.11-64bit"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, mean in enumerate(rps_per_commit):
+        run = copy.deepcopy(template)
+        run["commit_info"] = {"id": f"{i + 1:07x}" + "0" * 33, "time": f"2026-11-{10 + i:02d}T12:00:00+00:00",
+                              "dirty": dirty_last and i == len(rps_per_commit) - 1}
+        run["datetime"] = f"2026-11-{10 + i:02d}T12:30:00"
+        rounds = [mean * (1 + rng.gauss(0, noise)) for _ in range(5)]
+        info = run["benchmarks"][0]["extra_info"]
+        info["rps_per_round"], info["rps"] = rounds, sum(rounds) / len(rounds)
+        info["api_over_direct"] = info["rps"] / 200.0
+        (folder / f"{i + 1:04d}_{run['commit_info']['id']}_{run['datetime']}.json").write_text(json.dumps(run))
+
+
+def test_a_30_percent_drop_is_flagged(tmp_path, real_run):
+    write_history(tmp_path, real_run, [100, 100, 100, 100, 100, 70])
+    runs = load_history(tmp_path)
+    assert len(runs) == 6
+    found = {(c.benchmark_id, c.metric) for c in regressions(detect_changes(runs))}
+    assert ("cpu-batched-c8", "rps") in found
+    assert ("cpu-batched-c8", "api_over_direct") in found
+    assert "REGRESSION" in format_changes(detect_changes(runs), runs)
+    assert regression_main(["--storage", str(tmp_path), "--fail"]) == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_run_to_run_noise_is_not_flagged(tmp_path, real_run, seed):
+    write_history(tmp_path, real_run, [100, 100, 100, 100, 100, 100], seed=seed)
+    runs = load_history(tmp_path)
+    assert detect_changes(runs) == []
+    assert regression_main(["--storage", str(tmp_path), "--fail"]) == 0
+
+
+def test_an_improvement_is_reported_but_not_a_failure(tmp_path, real_run):
+    write_history(tmp_path, real_run, [100, 100, 100, 140])
+    changes = detect_changes(load_history(tmp_path))
+    assert {c.verdict for c in changes} == {"improvement"}
+    assert regression_main(["--storage", str(tmp_path), "--fail"]) == 0
+
+
+def test_runs_of_another_machine_are_never_compared(tmp_path, real_run):
+    write_history(tmp_path, real_run, [100, 100, 100, 100])
+    other = copy.deepcopy(real_run)
+    other["machine_info"]["gpus"] = [{"name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.6, "driver": "580"}]
+    other["commit_info"] = {"id": "f" * 40, "time": "2026-11-20T12:00:00+00:00", "dirty": False}
+    other["datetime"] = "2026-11-20T12:30:00"
+    other["benchmarks"][0]["extra_info"]["rps"] = 5000.0
+    (tmp_path / "Linux-CPython-3.11-64bit" / "0099_other.json").write_text(json.dumps(other))
+    runs = load_history(tmp_path)  # the newest saved run is the GPU machine's
+    assert [r.commit for r in runs] == ["f" * 40]
+    cpu_runs = load_history(tmp_path, machine=machine_fingerprint(real_run["machine_info"]))
+    assert len(cpu_runs) == 4 and detect_changes(cpu_runs) == []
+
+
+def test_a_driver_change_is_shown_not_judged(tmp_path, real_run):
+    write_history(tmp_path, real_run, [100, 100, 100, 70])
+    newest = sorted(tmp_path.glob("*/*.json"))[-1]
+    run = json.loads(newest.read_text())
+    run["machine_info"]["packages"]["torch"] = "9.9.9"
+    newest.write_text(json.dumps(run))
+    changes = detect_changes(load_history(tmp_path))
+    assert changes and all(c.verdict == "changed (environment changed)" for c in changes)
+    assert regressions(changes) == []
+
+
+def test_plots_and_index_are_written(tmp_path, real_run):
+    write_history(tmp_path, real_run, [100, 104, 98, 101], dirty_last=True)
+    out = tmp_path / "plots"
+    paths = make_plots(tmp_path, out)
+    names = {p.name for p in paths}
+    assert "trend-classifier-c8-rps.png" in names and "trend-classifier-c8-api_over_direct.png" in names
+    assert "run-classifier-concurrency.png" in names and "run-direct-batch.png" in names
+    assert all(p.stat().st_size > 5_000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    index = (out / "index.md").read_text()
+    assert "4 saved run(s)" in index and "0000004*" in index  # the newest commit, marked dirty
+    assert all(p.name in index for p in paths)
+
+
+def test_session_hook_plots_and_checks_after_saving(tmp_path):
+    storage = tmp_path / "storage"
+    result = run_pytest(tmp_path, REAL_BENCHMARK, "--benchmark-autosave", f"--benchmark-storage={storage}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "regression check: fewer than two saved runs" in result.stdout
+    assert (storage / "plots" / "index.md").exists()
