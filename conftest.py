@@ -48,6 +48,12 @@ def server(request):
     """A running server for the ServerSpec given by indirect parametrization. Session-scoped:
     pytest keeps one instance per spec and tears the previous one down when the spec changes."""
     spec = request.param
+    if spec.min_compute_capability and machine.cuda_available():
+        import torch
+
+        capability = torch.cuda.get_device_capability()
+        if capability < tuple(spec.min_compute_capability):
+            pytest.skip(f"{spec.name} needs compute capability >= {spec.min_compute_capability}, this GPU has {capability}")
     try:
         running = start_server(spec, SERVER_LOG_DIR)
     except ServerStartError as exc:

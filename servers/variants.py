@@ -4,8 +4,11 @@ A spec says how to start a server (module + command-line options + environment);
 starts it. Options are kept as (flag, value) pairs so the benchmark JSON records them verbatim.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
+
+INDUCTOR_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "inductor"
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,7 @@ class ServerSpec:
     env: tuple = ()  # (("VAR", "value"), ...) added to the server's environment
     startup_timeout_s: float = 180.0
     needs_gpu: bool = False
+    min_compute_capability: Optional[tuple] = None  # e.g. (8, 9) for float8; checked before starting
 
     def argv(self, port: int) -> list:
         args = ["-m", self.module, "--port", str(port)]
@@ -83,3 +87,47 @@ def classifier_variants(tier_name: str) -> dict:
             ),
         ),
     }
+
+
+@dataclass(frozen=True)
+class LLMTier:
+    """One device class's LLM workload: the real 135M model on a CPU, the seeds' 1.7B size on a GPU.
+    Every request generates exactly max_new_tokens (ignore_eos), batch 1, one request at a time."""
+
+    device: str
+    model: str
+    threads: int
+    max_new_tokens: int
+    requests_per_round: int
+    rounds: int
+    recipes: tuple  # keys of servers.llm_models.RECIPES
+
+
+LLM_TIERS = {
+    # torchao_float8 needs a GPU (compute capability >= 8.9): only the GPU tier has it.
+    "cpu": LLMTier(device="cpu", model="smollm2-135m", threads=1, max_new_tokens=32, requests_per_round=2, rounds=3,
+                   recipes=("eager_bf16", "static_compile", "torchao_int8wo", "torchao_int4wo")),
+    "gpu": LLMTier(device="cuda", model="smollm2-1.7b", threads=4, max_new_tokens=128, requests_per_round=3, rounds=5,
+                   recipes=("eager_bf16", "static_compile", "torchao_int8wo", "torchao_int4wo", "torchao_float8")),
+}
+COMPILE_STARTUP_S = 900.0  # a cold torch.compile on the 2-core CPU took 94-153 s, plus warm-up and direct runs
+
+
+def llm_variants(tier_name: str) -> dict:
+    """llm_<recipe> -> ServerSpec for one tier; `-k llm_torchao` selects exactly the torchao recipes."""
+    from servers.llm_models import RECIPES
+
+    tier = LLM_TIERS[tier_name]
+    variants = {}
+    for recipe_name in tier.recipes:
+        recipe = RECIPES[recipe_name]
+        variants[f"llm_{recipe_name}"] = ServerSpec(
+            name=f"{tier_name}-llm_{recipe_name}", module="servers.llm",
+            options=(("model", tier.model), ("recipe", recipe_name), ("device", tier.device),
+                     ("threads", tier.threads), ("bench-max-tokens", tier.max_new_tokens)),
+            # The inductor cache outlives the run: a warm cache cuts a CPU compile to about 20 s.
+            env=(("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE)),) if recipe.static_compile else (),
+            startup_timeout_s=COMPILE_STARTUP_S if recipe.static_compile else 300.0,
+            needs_gpu=tier.device == "cuda", min_compute_capability=recipe.min_compute_capability,
+        )
+    return variants

@@ -46,6 +46,13 @@ def classifier_ceilings(request):
 
 
 @pytest.fixture(scope="session")
+def device_peaks():
+    """Measured (and datasheet) peaks of every device here, taken before any server starts."""
+    devices = ["cpu"] + (["cuda"] if machine.cuda_available() else [])
+    return {device: ceilings_module.device_ceilings(device) for device in devices}
+
+
+@pytest.fixture(scope="session")
 def floors():
     return load_floors()
 

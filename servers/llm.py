@@ -1,0 +1,256 @@
+"""An OpenAI-compatible chat server on LitServe: POST /v1/chat/completions, streaming (SSE) or not.
+
+    python -m servers.llm --port 8000 [--model smollm2-135m] [--recipe eager_bf16] [--threads 1]
+
+Batch 1 (no batching), one model per server. Each streamed chunk is one generated token; the last
+content-free chunk carries usage. `metadata: {"ignore_eos": "true"}` makes a request generate exactly
+its max_tokens (min_new_tokens = max_new_tokens), which the benchmarks use so tokens/s is comparable.
+
+At start-up each worker warms up (compiling where the recipe compiles), then times the same model
+generating --bench-max-tokens for BENCH_MESSAGES in-process (the direct ceiling, no HTTP) and writes it,
+with the bytes a decode step must read, to <report-dir>/llm-direct-<port>.json.
+"""
+
+import argparse
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import litserve as ls
+from fastapi import HTTPException
+from litserve.specs.openai import OpenAISpec
+from starlette.responses import JSONResponse
+
+from servers.llm_models import MODELS, RECIPES, load
+from servers.runtime import prepare_main_process, prepare_worker, resolve_device
+
+ROLES = {"system", "user", "assistant", "tool"}
+BENCH_MESSAGES = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
+
+
+def validate_chat_body(body: bytes, max_tokens_limit: int):
+    """The error message for a bad /v1/chat/completions body, or None. Runs before LitServe sees the
+    request, so a streaming request gets a real 400 instead of an error event after a 200."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return "request body is not valid JSON"
+    if not isinstance(data, dict):
+        return "request body must be a JSON object"
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages[{i}] must be an object"
+        if message.get("role") not in ROLES:
+            return f"messages[{i}].role must be one of {sorted(ROLES)}, got {message.get('role')!r}"
+        if not isinstance(message.get("content"), (str, list)):
+            return f"messages[{i}].content must be a string or a list of content parts"
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_tokens_limit):
+            return f"'{key}' must be an integer from 1 to {max_tokens_limit}, got {value!r}"
+    if "stream" in data and not isinstance(data["stream"], bool):
+        return "'stream' must be true or false"
+    return None
+
+
+class ChatRequestValidator:
+    """Pure ASGI middleware: reads the body of POST /v1/chat/completions, answers 400 with an
+    OpenAI-style error when validate_chat_body finds a problem, else replays the body to the app."""
+
+    def __init__(self, app, max_tokens_limit: int):
+        self.app = app
+        self.max_tokens_limit = max_tokens_limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/chat/completions":
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        error = validate_chat_body(body, self.max_tokens_limit)
+        if error:
+            response = JSONResponse({"error": {"message": error, "type": "invalid_request_error"}}, status_code=400)
+            return await response(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class TokenQueue:
+    """A transformers streamer that hands every generated token id to a queue (TextIteratorStreamer
+    buffers to word boundaries, which would hide the inter-token latency)."""
+
+    def __init__(self):
+        self.queue = queue.Queue()
+        self.prompt_seen = False
+
+    def put(self, value):
+        if not self.prompt_seen:  # generate() first puts the prompt
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self.queue.put(token)
+
+    def end(self):
+        self.queue.put(None)
+
+
+def message_text(content) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(getattr(part, "text", "") or "" for part in content or [])
+
+
+class LLMAPI(ls.LitAPI):
+    def __init__(self, args):
+        super().__init__(spec=OpenAISpec())
+        self.args = args
+
+    def setup(self, device):
+        import torch
+
+        args = self.args
+        self.threads = prepare_worker(args.threads)
+        self.device = device
+        self.recipe = RECIPES[args.recipe]
+        self.tokenizer, self.model = load(args.model, self.recipe, device)
+        self.generate_kwargs = {}
+        if self.recipe.static_compile:
+            # A fixed-size static cache: one compiled graph for every request (each cache length recompiles).
+            self.generate_kwargs = {"cache_implementation": "static", "max_cache_len": args.context}
+            self.model.forward = torch.compile(self.model.forward)
+        prompt = self.prompt_ids(BENCH_MESSAGES)
+        for _ in range(2):  # warm-up: compile, allocator, kernel choice
+            self.generate_ids(prompt, self.args.bench_max_tokens, exact=True)
+        self.write_direct_report(prompt)
+        print(f"worker ready: model={args.model} recipe={args.recipe} device={device} threads={self.threads}", flush=True)
+
+    def prompt_ids(self, messages):
+        chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+        ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        return ids["input_ids"].to(self.device)
+
+    def generate_ids(self, prompt, max_new_tokens: int, exact: bool, streamer=None, temperature: float = 0.0, top_p: float = 1.0):
+        import torch
+
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        with torch.inference_mode():
+            return self.model.generate(
+                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens if exact else None, streamer=streamer,
+                pad_token_id=self.tokenizer.eos_token_id, **sampling, **self.generate_kwargs,
+            )
+
+    def write_direct_report(self, prompt):
+        """Direct tokens/s: this worker's model generating --bench-max-tokens in-process, best of 3,
+        with the device synchronised around each run; plus the bytes one decode step reads."""
+        import torch
+
+        from fixtures.roofline import decode_bytes_per_token, parameter_bytes
+
+        timings = []
+        for _ in range(3):
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            self.generate_ids(prompt, self.args.bench_max_tokens, exact=True)
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            timings.append(time.perf_counter() - start)
+        config = self.model.config
+        n = self.args.bench_max_tokens
+        context = prompt.shape[1] + n / 2  # mean context length over the decode
+        report = {
+            "direct_tokens_per_s": n / min(timings),
+            "direct_tokens_per_s_runs": [n / t for t in timings],
+            "direct_threads": self.threads,
+            "prompt_tokens": prompt.shape[1],
+            "max_new_tokens": n,
+            "weight_bytes": parameter_bytes(self.model),
+            **decode_bytes_per_token(self.model, config, context, self.recipe.precision),
+        }
+        path = Path(self.args.report_dir) / f"llm-direct-{self.args.port}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1))
+
+    def predict(self, request, context=None):
+        messages = [{"role": m.role, "content": message_text(m.content)} for m in request.messages]
+        prompt = self.prompt_ids(messages)
+        max_new = request.max_completion_tokens or request.max_tokens or self.args.default_max_tokens
+        if prompt.shape[1] + max_new > self.args.context:
+            raise HTTPException(400, f"prompt ({prompt.shape[1]} tokens) + max_tokens ({max_new}) exceeds the context of {self.args.context}")
+        exact = (request.metadata or {}).get("ignore_eos") == "true"
+        streamer = TokenQueue()
+        worker = threading.Thread(
+            target=self.generate_ids, args=(prompt, max_new, exact, streamer, request.temperature or 0.0, request.top_p or 1.0),
+            daemon=True,
+        )
+        worker.start()
+        vocab = len(self.tokenizer)
+        ids, sent = [], ""
+        while (token := streamer.queue.get()) is not None:
+            # Random-weight presets may emit ids beyond the SmolLM2 tokenizer (Llama-3.2's 128k vocab):
+            # their text is meaningless anyway, so they decode modulo the vocabulary.
+            ids.append(token % vocab)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            delta = "" if text.endswith("\ufffd") else text[len(sent):]  # hold back half a UTF-8 character
+            sent += delta
+            yield delta  # exactly one chunk per generated token
+        worker.join()
+        yield {"role": "assistant", "content": None, "prompt_tokens": prompt.shape[1],
+               "completion_tokens": len(ids), "total_tokens": prompt.shape[1] + len(ids)}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"])
+    p.add_argument("--model", default="smollm2-135m", choices=MODELS)
+    p.add_argument("--recipe", default="eager_bf16", choices=sorted(RECIPES))
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the inference worker")
+    p.add_argument("--context", type=int, default=256, help="prompt + new tokens limit (and static cache size)")
+    p.add_argument("--max-tokens-limit", type=int, default=192, help="largest max_tokens a request may ask")
+    p.add_argument("--default-max-tokens", type=int, default=64)
+    p.add_argument("--bench-max-tokens", type=int, default=32, help="tokens of the start-up direct measurement")
+    p.add_argument("--report-dir", default=".server-logs", help="where the direct-throughput report goes")
+    p.add_argument("--timeout", type=float, default=120.0)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    prepare_main_process()
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    server = ls.LitServer(
+        LLMAPI(args), accelerator=device, devices=1, workers_per_device=1, timeout=args.timeout,
+        middlewares=[(ChatRequestValidator, {"max_tokens_limit": args.max_tokens_limit})],
+        model_metadata={"model": args.model, "recipe": args.recipe, "device": device, "threads": str(args.threads)},
+    )
+    server.uvicorn_graceful_timeout = 2
+    try:
+        server.run(host=args.host, port=args.port, log_level="warning", generate_client_file=False)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

