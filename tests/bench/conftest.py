@@ -66,5 +66,5 @@ def bench_rows(request):
 def pytest_terminal_summary(terminalreporter, config):
     rows = config.stash.get(ROWS, [])
     if rows:
-        terminalreporter.write_sep("-", "served throughput against its ceilings (req/s)")
+        terminalreporter.write_sep("-", "served throughput against its ceilings (req/s or tokens/s)")
         terminalreporter.write_line(ceiling_table(rows))
