@@ -8,6 +8,8 @@
 """
 
 import importlib.util
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -61,7 +63,9 @@ def torchao_config(name: str, device: str):
         if device == "cuda":
             from torchao.quantization import Int4WeightOnlyConfig
 
-            return Int4WeightOnlyConfig(group_size=64)
+            # tinygemm's tile-packed format runs on torch's own CUDA kernel (_weight_int4pack_mm);
+            # the default plain format needs an extra kernel package.
+            return Int4WeightOnlyConfig(group_size=64, int4_packing_format="tile_packed_to_4d")
         from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
 
         return PrototypeInt4WeightOnlyConfig(group_size=64)
@@ -91,10 +95,13 @@ def cached_smollm2_135m() -> Path:
         model = AutoModelForCausalLM.from_pretrained(
             source, gguf_file=GGUF_FILE, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
         )
-        partial = target.with_suffix(".partial")
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        partial.rename(target)  # atomic: a concurrent reader never sees half a checkpoint
+        try:
+            partial.rename(target)  # atomic: a concurrent reader never sees half a checkpoint
+        except OSError:  # another process got there first: keep its copy
+            shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
