@@ -1,0 +1,36 @@
+"""The tables people read: the terminal ceiling table and the markdown report of a saved run."""
+
+from fixtures.report import ceiling_table, describe_machine, markdown_table
+
+
+def bench(param, **extra_info):
+    return {"param": param, "name": f"test[{param}]", "fullname": f"t::test[{param}]", "extra_info": extra_info}
+
+
+RUN = {
+    "datetime": "2026-11-23T11:00:00",
+    "commit_info": {"id": "abcdef123456"},
+    "machine_info": {"cpu_info": {"model": "Xeon", "logical_cores": 2}, "gpus": [], "packages": {"torch": "2.14.1", "litserve": "0.2.19"}},
+    "benchmarks": [
+        bench("cpu-batched-c8", rps=125.04, direct_rps=210.0, api_over_direct=0.5954, concurrency=8, model="resnet18",
+              input_size=112, latency_p50_ms=60.0, latency_p99_ms=90.0, errors=0),
+        bench("cpu-llm_eager_bf16", tokens_per_s=18.9, direct_tokens_per_s=19.3, roofline_tokens_per_s_measured=103.0,
+              api_over_direct=0.979, bandwidth_achieved_gbs=5.1, recipe="eager_bf16"),
+    ],
+}
+
+
+def test_markdown_report_has_a_table_per_kind():
+    text = markdown_table(RUN)
+    classifier, llm = text.split("\n\n")
+    assert "| cpu-batched-c8 |" in classifier and "125.0" in classifier and "0.60" in classifier
+    assert "| cpu-llm_eager_bf16 |" in llm and "18.9" in llm and "eager_bf16" in llm and "103" in llm
+    assert "Xeon (2 cores), no GPU" in describe_machine(RUN) and "abcdef12" in describe_machine(RUN)
+
+
+def test_ceiling_table_aligns_and_marks_unknowns():
+    rows = [{"benchmark": "cpu-batched-c8", "rps": 125.0, "direct_rps": 210.0, "compute_roofline_rps_measured": 360.0,
+             "compute_roofline_rps_datasheet": None, "api_over_direct": 0.6, "floor": "set"}]
+    lines = ceiling_table(rows).splitlines()
+    assert len(lines) == 2 and len(lines[0]) == len(lines[1])  # every cell padded to its column
+    assert "360/-" in lines[1] and "0.60" in lines[1] and lines[1].split()[0] == "cpu-batched-c8"
