@@ -10,6 +10,7 @@ Weights are random unless --weights names a local state dict: no model hub is re
 
 import argparse
 import base64
+import functools
 import binascii
 import io
 import json
@@ -21,10 +22,12 @@ import litserve as ls
 from fastapi import HTTPException
 
 from servers.runtime import prepare_main_process, prepare_worker, resolve_device
+from servers.validation import BodyValidator, RequestRejected, parse_json_object
 
 log = logging.getLogger("servers.classifier")
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DEFAULT_MAX_PIXELS = 25_000_000
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class ClassifierConfig:
     precision: str = "fp32"
     threads: int = 1
     top_k: int = 5
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images get 413 (decompression-bomb guard)
 
 
 def torch_dtype(precision: str):
@@ -57,28 +61,52 @@ def build_model(config: ClassifierConfig, device):
     return model.eval().to(device, torch_dtype(config.precision))
 
 
-class BadRequest(ValueError):
-    """Input the client must fix; decode_request turns it into a 400."""
-
-
-def decode_image(payload) -> "PIL.Image.Image":
-    from PIL import Image, UnidentifiedImageError
-
+def image_bytes(payload) -> bytes:
+    """The encoded image of a request body (a parsed JSON object), or RequestRejected(400)."""
     if not isinstance(payload, dict):
-        raise BadRequest("request body must be a JSON object with an 'image' field")
+        raise RequestRejected(400, "request body must be a JSON object with an 'image' field")
     encoded = payload.get("image")
     if not isinstance(encoded, str) or not encoded:
-        raise BadRequest("'image' must be a non-empty base64 string")
+        raise RequestRejected(400, "'image' must be a non-empty base64 string")
     try:
-        raw = base64.b64decode(encoded, validate=True)
+        return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise BadRequest(f"'image' is not valid base64: {exc}") from None
+        raise RequestRejected(400, f"'image' is not valid base64: {exc}") from None
+
+
+def open_image(raw: bytes, max_pixels: int) -> "PIL.Image.Image":
+    """Parse the image header (no pixel decoding yet): 400 if it is not an image, 413 above max_pixels."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
     try:
-        image = Image.open(io.BytesIO(raw))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            image = Image.open(io.BytesIO(raw))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise RequestRejected(400, f"'image' is not a decodable image: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise RequestRejected(413, f"image is {width}x{height} pixels, the limit is {max_pixels} pixels")
+    return image
+
+
+def decode_image(payload, max_pixels: int = DEFAULT_MAX_PIXELS) -> "PIL.Image.Image":
+    """The request's image as RGB (greyscale and alpha are converted), or RequestRejected."""
+    image = open_image(image_bytes(payload), max_pixels)
+    try:
         image.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise BadRequest(f"'image' is not a decodable image: {exc}") from None
+    except OSError as exc:  # truncated or corrupt pixel data behind a valid header
+        raise RequestRejected(400, f"'image' is not a decodable image: {exc}") from None
     return image.convert("RGB")
+
+
+def check_predict_body(body: bytes, max_pixels: int) -> None:
+    """Runs in the HTTP process before a request joins a batch: every malformed request is answered
+    on its own, so it cannot fail the batch it would have joined (LitServe fails a whole batch when
+    one decode_request raises). Pixel decoding stays in the worker."""
+    open_image(image_bytes(parse_json_object(body)), max_pixels)
 
 
 class ClassifierAPI(ls.LitAPI):
@@ -109,9 +137,9 @@ class ClassifierAPI(ls.LitAPI):
 
     def decode_request(self, request):
         try:
-            image = decode_image(request)
-        except BadRequest as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from None
+            image = decode_image(request, self.config.max_pixels)
+        except RequestRejected as rejected:
+            raise HTTPException(status_code=rejected.status, detail=rejected.message) from None
         return self.transform(image)
 
     def predict(self, x):
@@ -162,6 +190,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-timeout", type=float, default=0.0, help="seconds to wait to fill a batch")
     p.add_argument("--workers-per-device", type=int, default=1)
     p.add_argument("--timeout", type=float, default=30.0, help="LitServe's queue-wait bound (504)")
+    p.add_argument("--max-body-bytes", type=int, default=16 * 2**20, help="larger request bodies get 413")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images get 413")
     return p.parse_args(argv)
 
 
@@ -169,6 +199,7 @@ def config_from_args(args) -> ClassifierConfig:
     return ClassifierConfig(
         model=args.model, input_size=args.input_size, num_classes=args.num_classes, weights=args.weights,
         labels=args.labels, precision=args.precision, threads=args.threads, top_k=args.top_k,
+        max_pixels=args.max_pixels,
     )
 
 
@@ -183,6 +214,9 @@ def main(argv=None):
     server = ls.LitServer(
         api, accelerator=device, devices=1, workers_per_device=args.workers_per_device,
         timeout=args.timeout, model_metadata={k: str(v) for k, v in metadata.items()},
+        max_payload_size=args.max_body_bytes,
+        middlewares=[(BodyValidator, {"path": "/predict", "max_body_bytes": args.max_body_bytes,
+                                      "validate": functools.partial(check_predict_body, max_pixels=args.max_pixels)})],
     )
     # uvicorn waits this long for open keep-alive connections at shutdown (LitServe's 30 s default
     # turns every teardown after a load run into a 30 s wait).

@@ -12,6 +12,7 @@ with the bytes a decode step must read, to <report-dir>/llm-direct-<port>.json.
 """
 
 import argparse
+import functools
 import json
 import os
 import queue
@@ -22,18 +23,18 @@ from pathlib import Path
 import litserve as ls
 from fastapi import HTTPException
 from litserve.specs.openai import OpenAISpec
-from starlette.responses import JSONResponse
 
 from servers.llm_models import MODELS, RECIPES, load
 from servers.runtime import prepare_main_process, prepare_worker, resolve_device
+from servers.validation import BodyValidator, RequestRejected
 
 ROLES = {"system", "user", "assistant", "tool"}
 BENCH_MESSAGES = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
 
 
 def validate_chat_body(body: bytes, max_tokens_limit: int):
-    """The error message for a bad /v1/chat/completions body, or None. Runs before LitServe sees the
-    request, so a streaming request gets a real 400 instead of an error event after a 200."""
+    """The error message for a bad /v1/chat/completions body, or None. Runs (through BodyValidator)
+    before LitServe sees the request, so a streaming request gets a real 400, not an error event after a 200."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -59,39 +60,10 @@ def validate_chat_body(body: bytes, max_tokens_limit: int):
     return None
 
 
-class ChatRequestValidator:
-    """Pure ASGI middleware: reads the body of POST /v1/chat/completions, answers 400 with an
-    OpenAI-style error when validate_chat_body finds a problem, else replays the body to the app."""
-
-    def __init__(self, app, max_tokens_limit: int):
-        self.app = app
-        self.max_tokens_limit = max_tokens_limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/chat/completions":
-            return await self.app(scope, receive, send)
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        error = validate_chat_body(body, self.max_tokens_limit)
-        if error:
-            response = JSONResponse({"error": {"message": error, "type": "invalid_request_error"}}, status_code=400)
-            return await response(scope, receive, send)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+def check_chat_body(body: bytes, max_tokens_limit: int) -> None:
+    message = validate_chat_body(body, max_tokens_limit)
+    if message:
+        raise RequestRejected(400, message)
 
 
 class TokenQueue:
@@ -242,7 +214,8 @@ def main(argv=None):
     device = resolve_device(args.device)
     server = ls.LitServer(
         LLMAPI(args), accelerator=device, devices=1, workers_per_device=1, timeout=args.timeout,
-        middlewares=[(ChatRequestValidator, {"max_tokens_limit": args.max_tokens_limit})],
+        middlewares=[(BodyValidator, {"path": "/v1/chat/completions", "max_body_bytes": 4 * 2**20,
+                                      "validate": functools.partial(check_chat_body, max_tokens_limit=args.max_tokens_limit)})],
         model_metadata={"model": args.model, "recipe": args.recipe, "device": device, "threads": str(args.threads)},
     )
     server.uvicorn_graceful_timeout = 2
