@@ -214,7 +214,7 @@ def main(argv=None):
     server = ls.LitServer(
         api, accelerator=device, devices=1, workers_per_device=args.workers_per_device,
         timeout=args.timeout, model_metadata={k: str(v) for k, v in metadata.items()},
-        max_payload_size=args.max_body_bytes,
+        # BodyValidator enforces the body limit with a 413; LitServe's max_payload_size answers 500.
         middlewares=[(BodyValidator, {"path": "/predict", "max_body_bytes": args.max_body_bytes,
                                       "validate": functools.partial(check_predict_body, max_pixels=args.max_pixels)})],
     )

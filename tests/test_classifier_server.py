@@ -17,6 +17,7 @@ from servers.classifier import decode_image
 from servers.variants import ServerSpec
 
 MODEL, SIZE, CLASSES = "resnet18", 64, 10
+MAX_PIXELS, MAX_BODY_BYTES = 1_000_000, 2_000_000
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def classifier(weights, tmp_path_factory):
             ("weights", folder / "weights.pth"), ("labels", folder / "labels.json"), ("top-k", 3),
             # Batches of up to 4 with a generous timeout, so concurrent requests share a batch.
             ("max-batch-size", 4), ("batch-timeout", 0.05), ("threads", 1),
+            ("max-pixels", MAX_PIXELS), ("max-body-bytes", MAX_BODY_BYTES),
         ),
     )
     server = start_server(spec, tmp_path_factory.mktemp("logs"))
@@ -113,3 +115,60 @@ def test_info_describes_the_served_model(classifier):
     assert info["model"]["model"] == MODEL
     assert info["model"]["max_batch_size"] == "4"
     assert info["model"]["device"] == "cpu"
+
+
+def png_body(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return json.dumps({"image": base64.b64encode(buffer.getvalue()).decode()}).encode()
+
+
+@pytest.mark.parametrize(
+    "body, status, detail",
+    [
+        (b"", 400, "request body is empty"),
+        (b"{not json", 400, "not valid JSON"),
+        (b"x" * (MAX_BODY_BYTES + 1), 413, f"exceeds {MAX_BODY_BYTES} bytes"),
+    ],
+    ids=["empty-body", "malformed-json", "huge-body"],
+)
+def test_malformed_and_oversized_bodies_are_4xx(classifier, body, status, detail):
+    got, answer = post(f"{classifier.url}/predict", body)
+    assert got == status and detail in answer["detail"]
+    assert post(f"{classifier.url}/predict", classifier_body(synthetic_image(SIZE)))[0] == 200
+
+
+def test_an_image_above_the_pixel_limit_is_413(classifier):
+    from PIL import Image
+
+    got, answer = post(f"{classifier.url}/predict", png_body(Image.new("RGB", (1001, 1000))))  # 1,001,000 px
+    assert got == 413 and "limit is 1000000 pixels" in answer["detail"]
+
+
+def test_greyscale_and_alpha_images_are_served(classifier):
+    image = synthetic_image(SIZE)
+    for converted in (image.convert("L"), image.convert("RGBA"), image.convert("P")):
+        status, answer = post(f"{classifier.url}/predict", png_body(converted))
+        assert status == 200 and len(answer["predictions"]) == 3
+
+
+def test_a_truncated_image_is_a_400_from_the_worker(classifier):
+    import io
+
+    buffer = io.BytesIO()
+    synthetic_image(SIZE).save(buffer, format="JPEG")
+    cut = buffer.getvalue()[: len(buffer.getvalue()) // 2]  # a valid header, half the pixel data
+    status, answer = post(f"{classifier.url}/predict", json.dumps({"image": base64.b64encode(cut).decode()}).encode())
+    assert status == 400 and "not a decodable image" in answer["detail"]
+
+
+def test_one_bad_request_does_not_fail_the_batch_it_arrives_with(classifier):
+    """Sent together into a server batching up to 4 with a 50 ms window: the bad one is answered
+    400 on its own, the good ones succeed."""
+    good = [classifier_body(synthetic_image(SIZE, seed)) for seed in range(3)]
+    bad = b'{"image": "not base64 !!"}'
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda body: post(f"{classifier.url}/predict", body), good + [bad]))
+    assert [status for status, _ in answers] == [200, 200, 200, 400]

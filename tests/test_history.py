@@ -132,3 +132,16 @@ def test_session_hook_plots_and_checks_after_saving(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:]
     assert "nothing judged yet" in result.stdout
     assert (storage / "plots" / "index.md").exists()
+
+
+def test_invalid_figures_are_left_out_of_the_history(tmp_path, real_run):
+    from fixtures.history import series
+
+    write_history(tmp_path, real_run, [100, 100, 100, 70])
+    newest = sorted(tmp_path.glob("*/*.json"))[-1]
+    run = json.loads(newest.read_text())
+    run["benchmarks"][0]["extra_info"].update(valid=False, invalid_reason="3 request(s) failed")
+    newest.write_text(json.dumps(run))
+    runs = load_history(tmp_path)
+    assert len(series(runs, "cpu-batched-c8", "rps")) == 3
+    assert detect_changes(runs) == []  # the 30% drop came from a run that was not trusted

@@ -126,3 +126,22 @@ def test_summarize_streams_hand_computed():
     assert s.e2e_mean_s == pytest.approx(1.25)
     assert s.tokens_per_s_per_request == pytest.approx((3 / 1.0 + 3 / 1.5) / 2)
     assert s.wall_s == pytest.approx(20.1)
+
+
+def test_a_client_leaving_mid_stream_does_not_stop_the_server(llm, client):
+    """LitServe 0.2.19 has no way to tell a worker that its client left: the generation runs to its
+    max_tokens (bounded by --max-tokens-limit), then the next request is served."""
+    import http.client
+    import time
+
+    connection = http.client.HTTPConnection("127.0.0.1", llm.port, timeout=60)
+    body = json.dumps({"messages": USER, "max_tokens": 40, "stream": True, "metadata": {"ignore_eos": "true"}})
+    connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    assert response.read(5) == b"data:"  # the first token arrived (chunked transfer decoded)
+    connection.close()  # leave mid-stream
+    started = time.monotonic()
+    answer = client.chat.completions.create(model="smollm2", messages=USER, max_tokens=2)
+    assert answer.usage.completion_tokens >= 1
+    assert time.monotonic() - started < 60

@@ -68,3 +68,14 @@ def test_summarize_rejects_zero_wall_time():
 def test_summary_serialises_to_plain_floats():
     d = summarize([ok(0.1), ok(0.2)], wall_s=1.0).as_dict()
     assert all(v is None or isinstance(v, (int, float)) and math.isfinite(v) for v in d.values())
+
+
+def test_coefficient_of_variation_and_trust():
+    from fixtures.metrics import MAX_ROUND_CV, coefficient_of_variation, untrusted_reason
+
+    assert coefficient_of_variation([10.0]) == 0.0
+    assert coefficient_of_variation([9.0, 10.0, 11.0]) == pytest.approx(0.1)  # sample sd 1, mean 10
+    assert untrusted_reason(0, 0.05) is None
+    assert untrusted_reason(2, 0.05) == "2 request(s) failed"
+    assert "coefficient of variation 0.40 > 0.25" in untrusted_reason(0, 0.40)
+    assert MAX_ROUND_CV == 0.25

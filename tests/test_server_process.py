@@ -151,3 +151,26 @@ def test_spec_is_hashable_and_renders_its_command_line():
     assert hash(spec) == hash(ServerSpec(name="x", module="servers.noop", options=(("max-batch-size", 4), ("fail-setup", True))))
     assert spec.argv(1234) == ["-m", "servers.noop", "--port", "1234", "--max-batch-size", "4", "--fail-setup"]
     assert spec.option("max-batch-size") == 4 and spec.option("absent", "d") == "d"
+
+
+def test_a_server_dying_mid_load_gives_errors_and_its_exit_not_a_hang(tmp_path):
+    import threading
+
+    from fixtures.load import run_closed_loop
+
+    server = start_server(NOOP, tmp_path)
+    try:
+        killer = threading.Timer(1.0, lambda: os.killpg(server.process.pid, signal.SIGKILL))
+        killer.start()
+        started = time.monotonic()
+        # Far more requests than 1 s of load: the loop must end on errors, each failing fast.
+        run = run_closed_loop(f"{server.url}/predict", [b"{}"], num_requests=20_000, concurrency=4, timeout_s=10)
+        killer.join()
+        assert time.monotonic() - started < 60
+        failed = [r for r in run.results if not r.ok]
+        assert failed and all(r.status == 0 for r in failed)
+        server.process.wait(timeout=10)
+        assert server.state().startswith("exited with code -9")
+    finally:
+        server.stop()
+    assert not server.alive_pids()
