@@ -22,14 +22,14 @@ install: $(STAMP)
 
 # The whole suite: functional tests in parallel, then every benchmark once as a smoke run
 # (serially, not timed, nothing saved) so a broken benchmark fails here and not on the GPU runner.
-# Compile variants (marked slow: a cold torch.compile takes minutes on 2 cores) run in make bench only.
+# Compile variants (marked compile: a cold torch.compile takes minutes on 2 cores) run in make bench only.
 test: install test-functional test-bench-smoke
 
 test-functional: install
 	$(PYTEST) tests --ignore=tests/bench -n auto
 
 test-bench-smoke: install
-	$(PYTEST) tests/bench --benchmark-disable -m "not slow"
+	$(PYTEST) tests/bench --benchmark-disable -m "not compile"
 
 # The default tier (CPU here, GPU where CUDA is present), saved under .benchmarks/.
 bench: install

@@ -79,6 +79,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     # Measured matmul/copy ceilings beside the datasheet entry, per device (cached: measured once a session).
     devices = ["cpu"] + (["cuda"] if machine.cuda_available() else [])
     machine_info["ceilings"] = {device: device_ceilings(device).as_dict() for device in devices}
+    from fixtures.client_ceiling import client_ceiling
+
+    machine_info["client_ceiling"] = client_ceiling(SERVER_LOG_DIR)  # the load generator's own limit, c=8
 
 
 def pytest_sessionfinish(session, exitstatus):

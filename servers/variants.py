@@ -131,3 +131,47 @@ def llm_variants(tier_name: str) -> dict:
             needs_gpu=tier.device == "cuda", min_compute_capability=recipe.min_compute_capability,
         )
     return variants
+
+
+@dataclass(frozen=True)
+class LoadModelTier:
+    """Open-loop rates, the latency SLO and the FastAPI comparison for one device class. The CPU rates
+    bracket what the batched CPU variant serves in a closed loop (125-140 req/s at c=8)."""
+
+    classifier_tier: str
+    poisson_rates: tuple  # offered req/s
+    poisson_seconds: float  # schedule length per round
+    slo_p99_s: float
+    knee_low: float
+    knee_high: float
+    knee_iterations: int
+    fastapi_n: tuple  # concurrent requests, as seed 004
+    litserve_max_batch_size: int
+    litserve_batch_timeout_s: float
+
+
+LOAD_MODEL_TIERS = {
+    "cpu": LoadModelTier("cpu", poisson_rates=(40.0, 80.0, 120.0), poisson_seconds=2.0, slo_p99_s=0.25,
+                         knee_low=10.0, knee_high=200.0, knee_iterations=4, fastapi_n=(10, 50, 100, 200),
+                         litserve_max_batch_size=16, litserve_batch_timeout_s=0.05),
+    "gpu": LoadModelTier("gpu", poisson_rates=(200.0, 500.0, 1000.0), poisson_seconds=3.0, slo_p99_s=0.1,
+                         knee_low=50.0, knee_high=3000.0, knee_iterations=6, fastapi_n=(10, 50, 100, 200),
+                         litserve_max_batch_size=32, litserve_batch_timeout_s=0.05),
+}
+
+
+def fastapi_comparison_specs(tier_name: str) -> dict:
+    """The same model served by plain FastAPI (one request at a time) and by LitServe with batching
+    (seed 004: max_batch_size 32, batch_timeout 0.05 on GPUs), one worker each."""
+    tier = CLASSIFIER_TIERS[tier_name]
+    load = LOAD_MODEL_TIERS[tier_name]
+    model = (("model", tier.model), ("input-size", tier.input_size), ("device", tier.device), ("threads", tier.threads))
+    needs_gpu = tier.device == "cuda"
+    return {
+        "fastapi": ServerSpec(name=f"{tier_name}-fastapi", module="servers.fastapi_classifier", options=model,
+                              needs_gpu=needs_gpu),
+        "litserve": ServerSpec(name=f"{tier_name}-litserve", module="servers.classifier", needs_gpu=needs_gpu,
+                               options=model + (("max-batch-size", load.litserve_max_batch_size),
+                                                ("batch-timeout", load.litserve_batch_timeout_s),
+                                                ("workers-per-device", 1))),
+    }

@@ -53,6 +53,16 @@ def device_peaks():
 
 
 @pytest.fixture(scope="session")
+def harness_ceiling():
+    """The load generator's own ceiling (bare aiohttp) and LitServe's with no model, at c=8, measured
+    before any benchmarked server starts."""
+    from conftest import SERVER_LOG_DIR
+    from fixtures.client_ceiling import client_ceiling
+
+    return client_ceiling(SERVER_LOG_DIR)
+
+
+@pytest.fixture(scope="session")
 def floors():
     return load_floors()
 
@@ -68,3 +78,9 @@ def pytest_terminal_summary(terminalreporter, config):
     if rows:
         terminalreporter.write_sep("-", "served throughput against its ceilings (req/s or tokens/s)")
         terminalreporter.write_line(ceiling_table(rows))
+        bound = [row["benchmark"] for row in rows if row.get("client_bound")]
+        if bound:
+            terminalreporter.write_line(
+                f"client_bound (above 70% of what the load generator itself can send; read as a client limit): {bound}",
+                yellow=True,
+            )

@@ -10,6 +10,7 @@ import pytest
 
 from fixtures import machine
 from fixtures.ceilings import efficiency
+from fixtures.client_ceiling import client_bound
 from fixtures.floors import check_floor, find_floor
 from fixtures.load import run_closed_loop
 from fixtures.metrics import coefficient_of_variation, error_breakdown, summarize, untrusted_reason
@@ -31,8 +32,9 @@ def _ms(seconds):
 
 @pytest.mark.benchmark(group="classifier")
 @pytest.mark.parametrize("tier, server, concurrency", list(_cases()), indirect=["server"])
-def test_classifier_throughput(request, benchmark, classifier_ceilings, floors, bench_rows, tier, server, concurrency):
-    # classifier_ceilings comes before server in the signature: measured before any server starts.
+def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_ceiling, floors, bench_rows, tier, server,
+                               concurrency):
+    # The ceilings come before server in the signature: measured before any server starts.
     url = f"{server.url}/predict"
     bodies = classifier_bodies(tier.input_size)
 
@@ -79,6 +81,9 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, floors, 
         "server_ready_s": round(server.ready_after_s, 2),
         **ceilings.as_dict(),
         **efficiency(summary.rps, ceilings),
+        "client_ceiling_rps": harness_ceiling["bare_aiohttp_rps"],
+        "litserve_noop_rps": harness_ceiling["litserve_noop_rps"],
+        "client_bound": client_bound(summary.rps, harness_ceiling["bare_aiohttp_rps"]),
     }
     benchmark.extra_info.update(figures)
     benchmark_id = request.node.callspec.id

@@ -27,7 +27,7 @@ def _cases():
     for tier_name, tier in LLM_TIERS.items():
         for variant, spec in llm_variants(tier_name).items():
             recipe = RECIPES[spec.option("recipe")]
-            marks = ([pytest.mark.gpu] if tier.device == "cuda" else []) + ([pytest.mark.slow] if recipe.static_compile else [])
+            marks = ([pytest.mark.gpu] if tier.device == "cuda" else []) + ([pytest.mark.compile] if recipe.static_compile else [])
             yield pytest.param(tier, spec, marks=marks, id=spec.name)
 
 
