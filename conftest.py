@@ -11,10 +11,11 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from fixtures import machine  # noqa: E402
+from fixtures import gpu, machine  # noqa: E402
 from fixtures.server import REPO_ROOT, ServerStartError, start_server  # noqa: E402
 
 SERVER_LOG_DIR = REPO_ROOT / ".server-logs"
+GPU_MEMORY_TOLERANCE = 256 * 2**20  # NVML counts every process on the device: allow for small drifts
 _started_servers = []  # every server this pytest process started, for the end-of-session leak check
 
 
@@ -54,6 +55,7 @@ def server(request):
         capability = torch.cuda.get_device_capability()
         if capability < tuple(spec.min_compute_capability):
             pytest.skip(f"{spec.name} needs compute capability >= {spec.min_compute_capability}, this GPU has {capability}")
+    memory_before = gpu.gpu_memory_used()  # None without a GPU
     try:
         running = start_server(spec, SERVER_LOG_DIR)
     except ServerStartError as exc:
@@ -61,6 +63,10 @@ def server(request):
     _started_servers.append(running)
     yield running
     running.stop()
+    excess = gpu.wait_for_memory(gpu.gpu_memory_used, memory_before, GPU_MEMORY_TOLERANCE, timeout_s=30)
+    if excess is not None:
+        pytest.fail(f"{spec.name}: GPU memory still {excess / 2**20:.0f} MiB above its level before the server "
+                    f"started, 30 s after it stopped", pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -102,3 +102,52 @@ def test_saved_runs_carry_machine_info_and_compare(tmp_path):
     )
     assert compare.returncode == 0, compare.stderr
     assert compare.stdout.count("test_trivial") == 2
+
+
+WAITING_SERVER_TEST = """
+import json, os, time
+import pytest
+from servers.variants import ServerSpec
+
+NOOP = ServerSpec(name="ctrl-c-noop", module="servers.noop", options=(("workers-per-device", 2),), startup_timeout_s=60)
+
+@pytest.mark.parametrize("server", [NOOP], indirect=True, ids=["noop"])
+def test_waits_to_be_interrupted(server):
+    with open(os.environ["PIDS_FILE"], "w") as f:
+        json.dump(sorted(server.alive_pids()), f)
+    time.sleep(120)
+"""
+
+
+def test_ctrl_c_during_a_run_ends_every_server_process(tmp_path):
+    import json
+    import signal
+    import time
+
+    import psutil
+
+    (tmp_path / "test_case.py").write_text(WAITING_SERVER_TEST)
+    pids_file = tmp_path / "pids.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | {"PIDS_FILE": str(pids_file)}
+    inner = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "conftest", "-c", str(REPO_ROOT / "pytest.ini"), "--rootdir",
+         str(tmp_path), "-p", "no:cacheprovider", str(tmp_path / "test_case.py")],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not pids_file.exists() and time.monotonic() < deadline and inner.poll() is None:
+            time.sleep(0.2)
+        time.sleep(0.2)  # the file is complete once written and closed
+        pids = json.loads(pids_file.read_text())
+        assert len(pids) >= 4
+        inner.send_signal(signal.SIGINT)  # Ctrl-C
+        inner.wait(timeout=60)
+        deadline = time.monotonic() + 20
+        alive = set(pids)
+        while alive and time.monotonic() < deadline:
+            alive = {p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+            time.sleep(0.1)
+        assert not alive, f"still running after Ctrl-C: {alive}"
+    finally:
+        inner.kill()

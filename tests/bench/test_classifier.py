@@ -12,6 +12,7 @@ from fixtures import machine
 from fixtures.ceilings import efficiency
 from fixtures.client_ceiling import client_bound
 from fixtures.floors import check_floor, find_floor
+from fixtures.gpu import ThrottleSampler
 from fixtures.load import run_closed_loop
 from fixtures.metrics import coefficient_of_variation, error_breakdown, summarize, untrusted_reason
 from fixtures.payloads import classifier_bodies
@@ -43,15 +44,16 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
     assert all(r.ok for r in warmup.results), f"warm-up failed: {error_breakdown(warmup.results)}"
 
     runs = []
-    benchmark.pedantic(
-        lambda: runs.append(run_closed_loop(url, bodies, tier.requests_per_round, concurrency)),
-        rounds=tier.rounds, iterations=1, warmup_rounds=0,
-    )
+    with ThrottleSampler() as throttle:
+        benchmark.pedantic(
+            lambda: runs.append(run_closed_loop(url, bodies, tier.requests_per_round, concurrency)),
+            rounds=tier.rounds, iterations=1, warmup_rounds=0,
+        )
 
     results = [r for run in runs for r in run.results]
     summary = summarize(results, sum(run.wall_s for run in runs))
     rps_per_round = [summarize(run.results, run.wall_s).rps for run in runs]
-    invalid = untrusted_reason(summary.errors, coefficient_of_variation(rps_per_round))
+    invalid = untrusted_reason(summary.errors, coefficient_of_variation(rps_per_round), gpu_throttle=throttle.problems)
     spec = server.spec
     ceilings = classifier_ceilings[spec.name]
     figures = {
@@ -60,6 +62,7 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
         "round_cv": coefficient_of_variation(rps_per_round),
         "valid": invalid is None,
         "invalid_reason": invalid,
+        "gpu_throttle": throttle.problems if throttle.available else "no GPU",
         "latency_mean_ms": _ms(summary.latency_mean_s),
         "latency_p50_ms": _ms(summary.latency_p50_s),
         "latency_p90_ms": _ms(summary.latency_p90_s),

@@ -15,6 +15,7 @@ from conftest import SERVER_LOG_DIR
 from fixtures import machine
 from fixtures.ceilings import llm_ceilings
 from fixtures.floors import check_floor, find_floor
+from fixtures.gpu import ThrottleSampler
 from fixtures.metrics import coefficient_of_variation, untrusted_reason
 from fixtures.roofline import ratio
 from fixtures.stream import run_sequential_streams, summarize_streams
@@ -49,8 +50,9 @@ def test_llm_decode(request, benchmark, device_peaks, floors, bench_rows, tier, 
     assert warmup[0].ok, f"warm-up failed: {warmup[0].status} {warmup[0].error}"
 
     rounds = []
-    benchmark.pedantic(lambda: rounds.append(run_sequential_streams(url, body, tier.requests_per_round)),
-                       rounds=tier.rounds, iterations=1, warmup_rounds=0)
+    with ThrottleSampler() as throttle:
+        benchmark.pedantic(lambda: rounds.append(run_sequential_streams(url, body, tier.requests_per_round)),
+                           rounds=tier.rounds, iterations=1, warmup_rounds=0)
 
     results = [r for round_results in rounds for r in round_results]
     summary = summarize_streams(results)
@@ -58,12 +60,13 @@ def test_llm_decode(request, benchmark, device_peaks, floors, bench_rows, tier, 
     ceilings = llm_ceilings(direct, device_peaks[tier.device], recipe.precision)
     api = summary.tokens_per_s_per_request
     per_round = [summarize_streams(r).tokens_per_s_per_request for r in rounds]
-    invalid = untrusted_reason(summary.errors, coefficient_of_variation(per_round))
+    invalid = untrusted_reason(summary.errors, coefficient_of_variation(per_round), gpu_throttle=throttle.problems)
     figures = {
         "tokens_per_s": api,  # per request: completion tokens / end-to-end time, mean over requests
         "tokens_per_s_aggregate": summary.tokens_per_s,
         "tokens_per_s_per_round": per_round,
         "round_cv": coefficient_of_variation(per_round), "valid": invalid is None, "invalid_reason": invalid,
+        "gpu_throttle": throttle.problems if throttle.available else "no GPU",
         "ttft_mean_ms": _ms(summary.ttft_mean_s), "ttft_p50_ms": _ms(summary.ttft_p50_s), "ttft_p99_ms": _ms(summary.ttft_p99_s),
         "itl_mean_ms": _ms(summary.itl_mean_s), "itl_p50_ms": _ms(summary.itl_p50_s), "itl_p99_ms": _ms(summary.itl_p99_s),
         "tpot_mean_ms": _ms(summary.tpot_mean_s), "e2e_mean_ms": _ms(summary.e2e_mean_s), "e2e_p99_ms": _ms(summary.e2e_p99_s),
