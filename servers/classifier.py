@@ -41,6 +41,9 @@ class ClassifierConfig:
     threads: int = 1
     top_k: int = 5
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images get 413 (decompression-bomb guard)
+    channels_last: bool = False  # NHWC memory format (faster convolutions on many CPUs and GPUs)
+    compile: bool = False  # torch.compile the model at start-up
+    decode_threads: int = 0  # > 0: decode a batch's images in a thread pool inside batch()
 
 
 def torch_dtype(precision: str):
@@ -58,7 +61,13 @@ def build_model(config: ClassifierConfig, device):
     model = timm.create_model(config.model, pretrained=False, num_classes=config.num_classes)
     if config.weights:
         model.load_state_dict(torch.load(config.weights, map_location="cpu", weights_only=True))
-    return model.eval().to(device, torch_dtype(config.precision))
+    model = model.eval().to(device, torch_dtype(config.precision))
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        # dynamic=True: one graph for every batch size LitServe forms, not one compile per size.
+        model = torch.compile(model, dynamic=True)
+    return model
 
 
 def image_bytes(payload) -> bytes:
@@ -126,30 +135,56 @@ class ClassifierAPI(ls.LitAPI):
         data_config = timm.data.resolve_data_config({"input_size": (3, cfg.input_size, cfg.input_size)}, model=self.model)
         self.transform = timm.data.create_transform(**data_config)
         self.labels = _load_labels(cfg.labels, cfg.num_classes)
-        # One forward pass at the largest batch the server can form, so allocator and kernel
-        # selection happen before the first request, not inside a measured one.
+        self.decode_pool = None
+        if cfg.decode_threads:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.decode_pool = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
+        # Forward passes at the largest batch the server can form and at 1, so allocator, kernel
+        # selection and compilation happen before the first request, not inside a measured one.
         with torch.inference_mode():
-            self.model(torch.zeros(self.max_batch_size, 3, cfg.input_size, cfg.input_size, device=self.device, dtype=self.dtype))
+            for batch in sorted({self.max_batch_size, 1}):
+                self.model(self.to_model_input(torch.zeros(batch, 3, cfg.input_size, cfg.input_size)))
         log.warning(
             "worker ready: model=%s input=%d device=%s precision=%s threads=%d max_batch_size=%d",
             cfg.model, cfg.input_size, self.device, cfg.precision, self.threads, self.max_batch_size,
         )
 
-    def decode_request(self, request):
+    def to_model_input(self, x):
+        import torch
+
+        x = x.to(self.device, self.dtype, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+
+    def decode_one(self, request):
         try:
             image = decode_image(request, self.config.max_pixels)
         except RequestRejected as rejected:
             raise HTTPException(status_code=rejected.status, detail=rejected.message) from None
         return self.transform(image)
 
+    def decode_request(self, request):
+        # With a decode pool the batch's images are decoded together in batch(); the body was
+        # already validated by BodyValidator in the HTTP process.
+        return request if self.decode_pool else self.decode_one(request)
+
+    def batch(self, inputs):
+        import torch
+
+        if self.decode_pool:
+            inputs = list(self.decode_pool.map(self.decode_one, inputs))
+        return torch.stack(inputs)
+
     def predict(self, x):
         import torch
 
+        if isinstance(x, dict):  # max_batch_size=1 with a decode pool: batch() is not called
+            x = self.decode_one(x)
         single = x.dim() == 3  # max_batch_size=1: LitServe passes one decoded request
         if single:
             x = x.unsqueeze(0)
         with torch.inference_mode():
-            logits = self.model(x.to(self.device, self.dtype, non_blocking=True))
+            logits = self.model(self.to_model_input(x))
             top = torch.softmax(logits.float(), dim=-1).topk(self.config.top_k, dim=-1)
         probs, indices = top.values.cpu(), top.indices.cpu()  # .cpu() also synchronises CUDA
         results = [list(zip(i.tolist(), p.tolist())) for i, p in zip(indices, probs)]
@@ -192,6 +227,9 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=30.0, help="LitServe's queue-wait bound (504)")
     p.add_argument("--max-body-bytes", type=int, default=16 * 2**20, help="larger request bodies get 413")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images get 413")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and input")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model at start-up")
+    p.add_argument("--decode-threads", type=int, default=0, help="decode a batch's images in N threads")
     return p.parse_args(argv)
 
 
@@ -199,7 +237,8 @@ def config_from_args(args) -> ClassifierConfig:
     return ClassifierConfig(
         model=args.model, input_size=args.input_size, num_classes=args.num_classes, weights=args.weights,
         labels=args.labels, precision=args.precision, threads=args.threads, top_k=args.top_k,
-        max_pixels=args.max_pixels,
+        max_pixels=args.max_pixels, channels_last=args.channels_last, compile=args.compile,
+        decode_threads=args.decode_threads,
     )
 
 

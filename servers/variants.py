@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 INDUCTOR_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "inductor"
+COMPILE_STARTUP_S = 900.0  # a cold torch.compile on the 2-core CPU took 94-153 s, plus warm-up and direct runs
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class ClassifierTier:
     batched_max_batch_size: int
     batched_timeout_s: float
     batched_workers: int
+    decode_threads: int  # parallel_decode's thread pool
+    timeouts_ms: tuple  # timeout_<ms> steps
+    max_batch_sizes: tuple  # maxbatch_<n> steps
 
 
 CLASSIFIER_TIERS = {
@@ -58,35 +62,49 @@ CLASSIFIER_TIERS = {
     "cpu": ClassifierTier(
         device="cpu", model="resnet18", input_size=112, threads=1, concurrency=(1, 8), direct_batch_sizes=(1, 8),
         requests_per_round=48, rounds=3, batched_max_batch_size=8, batched_timeout_s=0.01, batched_workers=2,
+        decode_threads=2, timeouts_ms=(2, 50), max_batch_sizes=(4, 16),
     ),
     "gpu": ClassifierTier(
         device="cuda", model="resnet50", input_size=224, threads=2, concurrency=(1, 8, 32, 64), direct_batch_sizes=(1, 8, 32, 64),
         requests_per_round=512, rounds=5, batched_max_batch_size=64, batched_timeout_s=0.005, batched_workers=4,
+        decode_threads=8, timeouts_ms=(1, 20), max_batch_sizes=(16, 128),
     ),
 }
 
 
 def classifier_variants(tier_name: str) -> dict:
-    """name -> ServerSpec for the foundation's two variants of one tier."""
+    """The seeds' optimisation ladder for one tier, name -> ServerSpec, each step one change from the
+    step it builds on. Steps past the seeds (channels_last, compile) are kept only where they measure
+    faster somewhere; the README's ladder table says where."""
     tier = CLASSIFIER_TIERS[tier_name]
-    common = (
-        ("model", tier.model), ("input-size", tier.input_size), ("device", tier.device),
-        ("precision", "fp32"), ("threads", tier.threads),
-    )
     needs_gpu = tier.device == "cuda"
-    return {
-        "baseline": ServerSpec(
-            name=f"{tier_name}-baseline", module="servers.classifier", needs_gpu=needs_gpu,
-            options=common + (("max-batch-size", 1), ("workers-per-device", 1)),
-        ),
-        "batched": ServerSpec(
-            name=f"{tier_name}-batched", module="servers.classifier", needs_gpu=needs_gpu,
-            options=common + (
-                ("max-batch-size", tier.batched_max_batch_size), ("batch-timeout", tier.batched_timeout_s),
-                ("workers-per-device", tier.batched_workers),
-            ),
-        ),
+    model = (("model", tier.model), ("input-size", tier.input_size), ("device", tier.device), ("threads", tier.threads))
+    batching = (("max-batch-size", tier.batched_max_batch_size), ("batch-timeout", tier.batched_timeout_s))
+    workers = (("workers-per-device", tier.batched_workers),)
+
+    def spec(name, *options, precision="fp32"):
+        return ServerSpec(name=f"{tier_name}-{name}", module="servers.classifier", needs_gpu=needs_gpu,
+                          options=model + (("precision", precision),) + tuple(options),
+                          startup_timeout_s=COMPILE_STARTUP_S if ("compile", True) in options else 180.0)
+
+    def with_batch(size=tier.batched_max_batch_size, timeout_s=tier.batched_timeout_s):
+        return (("max-batch-size", size), ("batch-timeout", timeout_s)) + workers
+
+    ladder = {
+        "baseline": spec("baseline", ("max-batch-size", 1), ("workers-per-device", 1)),
+        "batch": spec("batch", *batching, ("workers-per-device", 1)),
+        "batch_workers": spec("batch_workers", *with_batch()),
+        "parallel_decode": spec("parallel_decode", *with_batch(), ("decode-threads", tier.decode_threads)),
+        "fp16": spec("fp16", *with_batch(), precision="fp16"),
+        "bf16": spec("bf16", *with_batch(), precision="bf16"),
+        "channels_last": spec("channels_last", *with_batch(), ("channels-last", True)),
+        "compile": spec("compile", *with_batch(), ("compile", True)),
     }
+    for ms in tier.timeouts_ms:
+        ladder[f"timeout_{ms}"] = spec(f"timeout_{ms}", *with_batch(timeout_s=ms / 1000))
+    for size in tier.max_batch_sizes:
+        ladder[f"maxbatch_{size}"] = spec(f"maxbatch_{size}", *with_batch(size=size))
+    return ladder
 
 
 @dataclass(frozen=True)
@@ -110,7 +128,6 @@ LLM_TIERS = {
     "gpu": LLMTier(device="cuda", model="smollm2-1.7b", threads=4, max_new_tokens=128, requests_per_round=3, rounds=5,
                    recipes=("eager_bf16", "static_compile", "torchao_int8wo", "torchao_int4wo", "torchao_float8")),
 }
-COMPILE_STARTUP_S = 900.0  # a cold torch.compile on the 2-core CPU took 94-153 s, plus warm-up and direct runs
 
 
 def llm_variants(tier_name: str) -> dict:
@@ -136,7 +153,7 @@ def llm_variants(tier_name: str) -> dict:
 @dataclass(frozen=True)
 class LoadModelTier:
     """Open-loop rates, the latency SLO and the FastAPI comparison for one device class. The CPU rates
-    bracket what the batched CPU variant serves in a closed loop (125-140 req/s at c=8)."""
+    bracket what the batch_workers CPU variant serves in a closed loop (125-140 req/s at c=8)."""
 
     classifier_tier: str
     poisson_rates: tuple  # offered req/s

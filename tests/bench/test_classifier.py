@@ -1,4 +1,4 @@
-"""Classifier serving throughput: each variant x concurrency level is one benchmark.
+"""Classifier serving throughput: each step of the optimisation ladder x concurrency level is one benchmark.
 
 A round is one closed-loop load run of a fixed request count, so pytest-benchmark's time per round
 is the inverse of throughput and `--benchmark-compare-fail=median:10%` means what users expect.
@@ -13,6 +13,7 @@ from fixtures.ceilings import efficiency
 from fixtures.client_ceiling import client_bound
 from fixtures.floors import check_floor, find_floor
 from fixtures.gpu import ThrottleSampler
+from fixtures.utilisation import UtilisationSampler
 from fixtures.load import run_closed_loop
 from fixtures.metrics import coefficient_of_variation, error_breakdown, summarize, untrusted_reason
 from fixtures.payloads import classifier_bodies
@@ -21,8 +22,8 @@ from servers.variants import CLASSIFIER_TIERS, classifier_variants
 
 def _cases():
     for tier_name, tier in CLASSIFIER_TIERS.items():
-        marks = [pytest.mark.gpu] if tier.device == "cuda" else []
         for spec in classifier_variants(tier_name).values():
+            marks = ([pytest.mark.gpu] if tier.device == "cuda" else []) + ([pytest.mark.compile] if spec.option("compile") else [])
             for concurrency in tier.concurrency:
                 yield pytest.param(tier, spec, concurrency, marks=marks, id=f"{spec.name}-c{concurrency}")
 
@@ -44,7 +45,7 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
     assert all(r.ok for r in warmup.results), f"warm-up failed: {error_breakdown(warmup.results)}"
 
     runs = []
-    with ThrottleSampler() as throttle:
+    with ThrottleSampler() as throttle, UtilisationSampler(server.alive_pids) as utilisation:
         benchmark.pedantic(
             lambda: runs.append(run_closed_loop(url, bodies, tier.requests_per_round, concurrency)),
             rounds=tier.rounds, iterations=1, warmup_rounds=0,
@@ -63,6 +64,7 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
         "valid": invalid is None,
         "invalid_reason": invalid,
         "gpu_throttle": throttle.problems if throttle.available else "no GPU",
+        **utilisation.summary(),
         "latency_mean_ms": _ms(summary.latency_mean_s),
         "latency_p50_ms": _ms(summary.latency_p50_s),
         "latency_p90_ms": _ms(summary.latency_p90_s),

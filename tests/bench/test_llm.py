@@ -16,6 +16,7 @@ from fixtures import machine
 from fixtures.ceilings import llm_ceilings
 from fixtures.floors import check_floor, find_floor
 from fixtures.gpu import ThrottleSampler
+from fixtures.utilisation import UtilisationSampler
 from fixtures.metrics import coefficient_of_variation, untrusted_reason
 from fixtures.roofline import ratio
 from fixtures.stream import run_sequential_streams, summarize_streams
@@ -50,7 +51,7 @@ def test_llm_decode(request, benchmark, device_peaks, floors, bench_rows, tier, 
     assert warmup[0].ok, f"warm-up failed: {warmup[0].status} {warmup[0].error}"
 
     rounds = []
-    with ThrottleSampler() as throttle:
+    with ThrottleSampler() as throttle, UtilisationSampler(server.alive_pids) as utilisation:
         benchmark.pedantic(lambda: rounds.append(run_sequential_streams(url, body, tier.requests_per_round)),
                            rounds=tier.rounds, iterations=1, warmup_rounds=0)
 
@@ -67,6 +68,7 @@ def test_llm_decode(request, benchmark, device_peaks, floors, bench_rows, tier, 
         "tokens_per_s_per_round": per_round,
         "round_cv": coefficient_of_variation(per_round), "valid": invalid is None, "invalid_reason": invalid,
         "gpu_throttle": throttle.problems if throttle.available else "no GPU",
+        **utilisation.summary(),
         "ttft_mean_ms": _ms(summary.ttft_mean_s), "ttft_p50_ms": _ms(summary.ttft_p50_s), "ttft_p99_ms": _ms(summary.ttft_p99_s),
         "itl_mean_ms": _ms(summary.itl_mean_s), "itl_p50_ms": _ms(summary.itl_p50_s), "itl_p99_ms": _ms(summary.itl_p99_s),
         "tpot_mean_ms": _ms(summary.tpot_mean_s), "e2e_mean_ms": _ms(summary.e2e_mean_s), "e2e_p99_ms": _ms(summary.e2e_p99_s),

@@ -21,7 +21,7 @@ def _gpu_marks(tier_name):
 
 def _poisson_cases():
     for name, load in LOAD_MODEL_TIERS.items():
-        spec = classifier_variants(load.classifier_tier)["batched"]
+        spec = classifier_variants(load.classifier_tier)["batch_workers"]
         for rate in load.poisson_rates:
             yield pytest.param(load, spec, rate, marks=_gpu_marks(name), id=f"{spec.name}-poisson-r{rate:g}")
 
@@ -58,7 +58,8 @@ def test_poisson_open_loop(benchmark, harness_ceiling, load, server, rate):
 
 def _knee_cases():
     for name, load in LOAD_MODEL_TIERS.items():
-        for spec in classifier_variants(load.classifier_tier).values():
+        ladder = classifier_variants(load.classifier_tier)
+        for spec in (ladder["baseline"], ladder["batch_workers"]):
             yield pytest.param(load, spec, marks=_gpu_marks(name), id=f"{spec.name}-slo-p99-{load.slo_p99_s * 1000:g}ms")
 
 
