@@ -132,7 +132,8 @@ class ClassifierAPI(ls.LitAPI):
         self.device = torch.device(device)
         self.dtype = torch_dtype(cfg.precision)
         self.model = build_model(cfg, self.device)
-        data_config = timm.data.resolve_data_config({"input_size": (3, cfg.input_size, cfg.input_size)}, model=self.model)
+        eager = getattr(self.model, "_orig_mod", self.model)  # timm reads its config off the uncompiled module
+        data_config = timm.data.resolve_data_config({"input_size": (3, cfg.input_size, cfg.input_size)}, model=eager)
         self.transform = timm.data.create_transform(**data_config)
         self.labels = _load_labels(cfg.labels, cfg.num_classes)
         self.decode_pool = None
