@@ -124,7 +124,7 @@ def test_ctrl_c_during_a_run_ends_every_server_process(tmp_path):
     import signal
     import time
 
-    import psutil
+    from tests.test_server_process import wait_until_gone
 
     (tmp_path / "test_case.py").write_text(WAITING_SERVER_TEST)
     pids_file = tmp_path / "pids.json"
@@ -143,11 +143,7 @@ def test_ctrl_c_during_a_run_ends_every_server_process(tmp_path):
         assert len(pids) >= 4
         inner.send_signal(signal.SIGINT)  # Ctrl-C
         inner.wait(timeout=60)
-        deadline = time.monotonic() + 20
-        alive = set(pids)
-        while alive and time.monotonic() < deadline:
-            alive = {p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
-            time.sleep(0.1)
+        alive = wait_until_gone(pids)
         assert not alive, f"still running after Ctrl-C: {alive}"
     finally:
         inner.kill()

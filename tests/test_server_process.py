@@ -19,11 +19,19 @@ from servers.variants import ServerSpec
 NOOP = ServerSpec(name="noop", module="servers.noop", options=(("workers-per-device", 2),), startup_timeout_s=60)
 
 
+def _running(pid) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # it may exit between any two calls
+        return False
+
+
 def wait_until_gone(pids, timeout_s=20.0):
+    """The pids still running after up to timeout_s."""
     deadline = time.monotonic() + timeout_s
     alive = set(pids)
     while alive and time.monotonic() < deadline:
-        alive = {pid for pid in alive if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
+        alive = {pid for pid in alive if _running(pid)}
         time.sleep(0.1)
     return alive
 
