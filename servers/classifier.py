@@ -5,7 +5,8 @@
 Request:  POST /predict {"image": "<base64 of a PNG/JPEG>"}
 Response: {"predictions": [{"index": 281, "label": "...", "probability": 0.93}, ...]}  (top-k, softmax)
 
-Weights are random unless --weights names a local state dict: no model hub is reached.
+Weights are random unless --weights names a local state dict, or --pretrained names one of the real
+models of servers/pretrained.py (efficientnet_lite0, catdog, mnist_cnn): no model hub is reached.
 """
 
 import argparse
@@ -21,12 +22,25 @@ from typing import Optional
 import litserve as ls
 from fastapi import HTTPException
 
+from servers.pretrained import PRETRAINED, build_pretrained
+from servers.pretrained import labels as pretrained_labels
 from servers.runtime import prepare_main_process, prepare_worker, resolve_device
 from servers.validation import BodyValidator, RequestRejected, parse_json_object
 
 log = logging.getLogger("servers.classifier")
 
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# precision -> (dtype of weights and inputs, dtype the convolutions and matmuls compute in).
+# fp16/bf16 cast the whole model (the seeds' `.half()`); amp_* keep fp32 weights and run the forward
+# under torch.autocast, which computes convolutions and matmuls in half precision but keeps
+# normalisation and reductions in fp32.
+PRECISIONS = {
+    "fp32": ("float32", "float32"),
+    "fp16": ("float16", "float16"),
+    "bf16": ("bfloat16", "bfloat16"),
+    "amp_fp16": ("float32", "float16"),
+    "amp_bf16": ("float32", "bfloat16"),
+}
+COMPUTE_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 DEFAULT_MAX_PIXELS = 25_000_000
 
 
@@ -44,12 +58,36 @@ class ClassifierConfig:
     channels_last: bool = False  # NHWC memory format (faster convolutions on many CPUs and GPUs)
     compile: bool = False  # torch.compile the model at start-up
     decode_threads: int = 0  # > 0: decode a batch's images in a thread pool inside batch()
+    pretrained: Optional[str] = None  # a name in servers.pretrained.PRETRAINED: real weights and labels
 
 
 def torch_dtype(precision: str):
+    """The dtype of the model's weights and inputs."""
     import torch
 
-    return getattr(torch, DTYPES[precision])
+    return getattr(torch, PRECISIONS[precision][0])
+
+
+def compute_precision(precision: str) -> str:
+    """fp32, fp16 or bf16: which of the device's peaks the model's arithmetic runs at."""
+    return COMPUTE_PRECISION[PRECISIONS[precision][1]]
+
+
+def _autocast_module():
+    import torch
+    from torch import nn
+
+    class Autocast(nn.Module):
+        def __init__(self, model, dtype):
+            super().__init__()
+            self.model, self.dtype = model, dtype
+            self.pretrained_cfg = getattr(model, "pretrained_cfg", {})  # timm's preprocessing config
+
+        def forward(self, x):
+            with torch.autocast(x.device.type, dtype=self.dtype):
+                return self.model(x)
+
+    return Autocast
 
 
 def build_model(config: ClassifierConfig, device):
@@ -58,10 +96,16 @@ def build_model(config: ClassifierConfig, device):
     import timm
     import torch
 
-    model = timm.create_model(config.model, pretrained=False, num_classes=config.num_classes)
-    if config.weights:
-        model.load_state_dict(torch.load(config.weights, map_location="cpu", weights_only=True))
+    if config.pretrained:
+        model = build_pretrained(config.pretrained)
+    else:
+        model = timm.create_model(config.model, pretrained=False, num_classes=config.num_classes)
+        if config.weights:
+            model.load_state_dict(torch.load(config.weights, map_location="cpu", weights_only=True))
     model = model.eval().to(device, torch_dtype(config.precision))
+    storage, compute = PRECISIONS[config.precision]
+    if compute != storage:
+        model = _autocast_module()(model, getattr(torch, compute))
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config.compile:
@@ -135,7 +179,7 @@ class ClassifierAPI(ls.LitAPI):
         eager = getattr(self.model, "_orig_mod", self.model)  # timm reads its config off the uncompiled module
         data_config = timm.data.resolve_data_config({"input_size": (3, cfg.input_size, cfg.input_size)}, model=eager)
         self.transform = timm.data.create_transform(**data_config)
-        self.labels = _load_labels(cfg.labels, cfg.num_classes)
+        self.labels = _load_labels(cfg)
         self.decode_pool = None
         if cfg.decode_threads:
             from concurrent.futures import ThreadPoolExecutor
@@ -186,7 +230,7 @@ class ClassifierAPI(ls.LitAPI):
             x = x.unsqueeze(0)
         with torch.inference_mode():
             logits = self.model(self.to_model_input(x))
-            top = torch.softmax(logits.float(), dim=-1).topk(self.config.top_k, dim=-1)
+            top = torch.softmax(logits.float(), dim=-1).topk(min(self.config.top_k, logits.shape[-1]), dim=-1)
         probs, indices = top.values.cpu(), top.indices.cpu()  # .cpu() also synchronises CUDA
         results = [list(zip(i.tolist(), p.tolist())) for i, p in zip(indices, probs)]
         return results[0] if single else results
@@ -199,13 +243,15 @@ class ClassifierAPI(ls.LitAPI):
         }
 
 
-def _load_labels(path: Optional[str], num_classes: int) -> list:
-    if path is None:
-        return [f"class_{i}" for i in range(num_classes)]
-    with open(path) as f:
+def _load_labels(config: ClassifierConfig) -> list:
+    if config.pretrained:
+        return pretrained_labels(config.pretrained)
+    if config.labels is None:
+        return [f"class_{i}" for i in range(config.num_classes)]
+    with open(config.labels) as f:
         labels = json.load(f)
-    if len(labels) != num_classes:
-        raise ValueError(f"{path} has {len(labels)} labels for {num_classes} classes")
+    if len(labels) != config.num_classes:
+        raise ValueError(f"{config.labels} has {len(labels)} labels for {config.num_classes} classes")
     return labels
 
 
@@ -214,12 +260,14 @@ def parse_args(argv=None):
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"])
     p.add_argument("--model", default="resnet18", help="a timm model name")
-    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--input-size", type=int, help="default: the pretrained model's, else 224")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--weights", help="local state dict (.pth); random weights without it")
     p.add_argument("--labels", help="JSON list of class names")
+    p.add_argument("--pretrained", choices=sorted(PRETRAINED),
+                   help="a real model with its weights and labels (replaces --model, --weights, --labels, --num-classes)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--threads", type=int, default=1, help="torch threads per inference worker")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--max-batch-size", type=int, default=1)
@@ -235,9 +283,15 @@ def parse_args(argv=None):
 
 
 def config_from_args(args) -> ClassifierConfig:
+    model, num_classes, input_size = args.model, args.num_classes, args.input_size or 224
+    if args.pretrained:
+        if args.weights or args.labels:
+            raise ValueError("--pretrained brings its own weights and labels: drop --weights / --labels")
+        card = PRETRAINED[args.pretrained]
+        model, num_classes, input_size = card.architecture, len(pretrained_labels(card.name)), args.input_size or card.input_size
     return ClassifierConfig(
-        model=args.model, input_size=args.input_size, num_classes=args.num_classes, weights=args.weights,
-        labels=args.labels, precision=args.precision, threads=args.threads, top_k=args.top_k,
+        model=model, input_size=input_size, num_classes=num_classes, weights=args.weights,
+        labels=args.labels, pretrained=args.pretrained, precision=args.precision, threads=args.threads, top_k=args.top_k,
         max_pixels=args.max_pixels, channels_last=args.channels_last, compile=args.compile,
         decode_threads=args.decode_threads,
     )

@@ -4,7 +4,7 @@ A spec says how to start a server (module + command-line options + environment);
 starts it. Options are kept as (flag, value) pairs so the benchmark JSON records them verbatim.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -55,6 +55,7 @@ class ClassifierTier:
     timeouts_ms: tuple  # timeout_<ms> steps
     max_batch_sizes: tuple  # maxbatch_<n> steps
     compile_step: bool  # kept only where it measured faster: on the 2-core CPU it was slower and unstable
+    model_presets: tuple  # keys of CLASSIFIER_MODEL_PRESETS, each served with batch_workers' options
 
 
 CLASSIFIER_TIERS = {
@@ -64,19 +65,31 @@ CLASSIFIER_TIERS = {
         device="cpu", model="resnet18", input_size=112, threads=1, concurrency=(1, 8), direct_batch_sizes=(1, 8),
         requests_per_round=48, rounds=3, batched_max_batch_size=8, batched_timeout_s=0.01, batched_workers=2,
         decode_threads=2, timeouts_ms=(2, 50), max_batch_sizes=(4, 16), compile_step=False,
+        model_presets=("efficientnet_lite0",),
     ),
     "gpu": ClassifierTier(
-        device="cuda", model="resnet50", input_size=224, threads=2, concurrency=(1, 8, 32, 64), direct_batch_sizes=(1, 8, 32, 64),
-        requests_per_round=512, rounds=5, batched_max_batch_size=64, batched_timeout_s=0.005, batched_workers=4,
+        device="cuda", model="resnet50", input_size=224, threads=2, concurrency=(1, 8, 32, 64, 128, 256),
+        direct_batch_sizes=(1, 8, 32, 64, 128), requests_per_round=1024, rounds=5, batched_max_batch_size=64, batched_timeout_s=0.005, batched_workers=4,
         decode_threads=8, timeouts_ms=(1, 20), max_batch_sizes=(16, 128), compile_step=True,
+        model_presets=("resnet18", "resnet50", "mambaout_base", "efficientnet_lite0"),
     ),
 }
 
+# The seeds' model sizes at 224 px with random weights (speed does not depend on the weights), and the
+# real efficientnet-lite0 (servers/pretrained.py). Options replace the ladder model's.
+CLASSIFIER_MODEL_PRESETS = {
+    "resnet18": (("model", "resnet18"), ("input-size", 224)),
+    "resnet50": (("model", "resnet50"), ("input-size", 224)),
+    "mambaout_base": (("model", "mambaout_base"), ("input-size", 224)),
+    "efficientnet_lite0": (("pretrained", "efficientnet_lite0"),),
+}
 
-def classifier_variants(tier_name: str) -> dict:
+
+def classifier_variants(tier_name: str, include_dropped: bool = False) -> dict:
     """The seeds' optimisation ladder for one tier, name -> ServerSpec, each step one change from the
     step it builds on. Steps past the seeds (channels_last, compile) are kept only where they measure
-    faster somewhere; the README's ladder table says where."""
+    faster somewhere; the README's ladder table says where. include_dropped adds the steps a tier
+    leaves off its ladder (compile on the CPU), for the correctness tests: they must still answer right."""
     tier = CLASSIFIER_TIERS[tier_name]
     needs_gpu = tier.device == "cuda"
     model = (("model", tier.model), ("input-size", tier.input_size), ("device", tier.device), ("threads", tier.threads))
@@ -100,15 +113,36 @@ def classifier_variants(tier_name: str) -> dict:
         "parallel_decode": spec("parallel_decode", *with_batch(), ("decode-threads", tier.decode_threads)),
         "fp16": spec("fp16", *with_batch(), precision="fp16"),
         "bf16": spec("bf16", *with_batch(), precision="bf16"),
+        # Mixed precision: half-precision convolutions, fp32 weights and normalisation. Kept beside the
+        # full casts because full bf16 changed a top-1 on the real images (tests/test_pretrained.py).
+        "amp_fp16": spec("amp_fp16", *with_batch(), precision="amp_fp16"),
+        "amp_bf16": spec("amp_bf16", *with_batch(), precision="amp_bf16"),
         "channels_last": spec("channels_last", *with_batch(), ("channels-last", True)),
     }
-    if tier.compile_step:
+    if tier.compile_step or include_dropped:
         ladder["compile"] = spec("compile", *with_batch(), ("compile", True))
     for ms in tier.timeouts_ms:
         ladder[f"timeout_{ms}"] = spec(f"timeout_{ms}", *with_batch(timeout_s=ms / 1000))
     for size in tier.max_batch_sizes:
         ladder[f"maxbatch_{size}"] = spec(f"maxbatch_{size}", *with_batch(size=size))
     return ladder
+
+
+def classifier_model_variants(tier_name: str) -> dict:
+    """model_<preset> -> ServerSpec: other models served like the ladder's batch_workers step."""
+    tier = CLASSIFIER_TIERS[tier_name]
+    batch_workers = classifier_variants(tier_name)["batch_workers"]
+    serving = tuple((flag, value) for flag, value in batch_workers.options if flag not in ("model", "input-size"))
+    return {f"model_{name}": replace(batch_workers, name=f"{tier_name}-model_{name}",
+                                     options=CLASSIFIER_MODEL_PRESETS[name] + serving)
+            for name in tier.model_presets}
+
+
+def with_pretrained(spec: ServerSpec, pretrained: str) -> ServerSpec:
+    """The same serving options (batching, workers, precision, decoding, compile) on a real model at its
+    own input size: how every ladder step is checked for correct answers on real images."""
+    options = tuple((flag, value) for flag, value in spec.options if flag not in ("model", "input-size"))
+    return replace(spec, name=f"{spec.name}-{pretrained}", options=options + (("pretrained", pretrained),))
 
 
 @dataclass(frozen=True)

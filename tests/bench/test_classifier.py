@@ -16,13 +16,15 @@ from fixtures.gpu import ThrottleSampler
 from fixtures.utilisation import UtilisationSampler
 from fixtures.load import run_closed_loop
 from fixtures.metrics import coefficient_of_variation, error_breakdown, summarize, untrusted_reason
-from fixtures.payloads import classifier_bodies
-from servers.variants import CLASSIFIER_TIERS, classifier_variants
+from fixtures.images import payload_description, real_image_bodies
+from servers import classifier
+from servers.variants import CLASSIFIER_TIERS, classifier_model_variants, classifier_variants
 
 
 def _cases():
     for tier_name, tier in CLASSIFIER_TIERS.items():
-        for spec in classifier_variants(tier_name).values():
+        specs = {**classifier_variants(tier_name), **classifier_model_variants(tier_name)}
+        for spec in specs.values():
             marks = ([pytest.mark.gpu] if tier.device == "cuda" else []) + ([pytest.mark.compile] if spec.option("compile") else [])
             for concurrency in tier.concurrency:
                 yield pytest.param(tier, spec, concurrency, marks=marks, id=f"{spec.name}-c{concurrency}")
@@ -38,7 +40,8 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
                                concurrency):
     # The ceilings come before server in the signature: measured before any server starts.
     url = f"{server.url}/predict"
-    bodies = classifier_bodies(tier.input_size)
+    served = classifier.config_from_args(classifier.parse_args(server.spec.argv(0)[2:]))
+    bodies = real_image_bodies(served.input_size)
 
     # Warm-up: one load run at this concurrency (connections, worker caches, batch shapes), unmeasured.
     warmup = run_closed_loop(url, bodies, min(tier.requests_per_round, 4 * concurrency), concurrency)
@@ -75,9 +78,11 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
         "success_rate": summary.success_rate,
         "concurrency": concurrency,
         "requests_per_round": tier.requests_per_round,
+        "payload": payload_description(served.input_size),
         "device": spec.option("device"),
-        "model": spec.option("model"),
-        "input_size": int(spec.option("input-size")),
+        "model": served.model,
+        "pretrained": served.pretrained,
+        "input_size": served.input_size,
         "precision": spec.option("precision"),
         "threads_per_worker": int(spec.option("threads")),
         "max_batch_size": int(spec.option("max-batch-size")),

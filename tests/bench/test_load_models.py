@@ -9,7 +9,7 @@ import pytest
 from fixtures.client_ceiling import client_bound
 from fixtures.load import arrival_schedule, run_closed_loop, run_open_loop
 from fixtures.metrics import error_breakdown, goodput, late_count, max_rate_at_slo, summarize
-from fixtures.payloads import classifier_bodies
+from fixtures.images import real_image_bodies
 from servers.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_variants, fastapi_comparison_specs
 
 COMPARISON = pytest.StashKey[dict]()
@@ -34,7 +34,7 @@ def _ms(seconds):
 @pytest.mark.parametrize("load, server, rate", list(_poisson_cases()), indirect=["server"])
 def test_poisson_open_loop(benchmark, harness_ceiling, load, server, rate):
     url = f"{server.url}/predict"
-    bodies = classifier_bodies(CLASSIFIER_TIERS[load.classifier_tier].input_size)
+    bodies = real_image_bodies(CLASSIFIER_TIERS[load.classifier_tier].input_size)
     run_closed_loop(url, bodies, 16, 4)  # warm-up
     schedule = arrival_schedule(rate, max(1, round(rate * load.poisson_seconds)), seed=0)
     runs = []
@@ -69,7 +69,7 @@ def test_max_rate_at_slo(benchmark, load, server):
     """Bisection over short open-loop runs for the highest Poisson rate whose p99 meets the SLO. The
     benchmark's time is the search's, not a figure: max_rate_at_slo in extra_info is."""
     url = f"{server.url}/predict"
-    bodies = classifier_bodies(CLASSIFIER_TIERS[load.classifier_tier].input_size)
+    bodies = real_image_bodies(CLASSIFIER_TIERS[load.classifier_tier].input_size)
     run_closed_loop(url, bodies, 16, 4)  # warm-up
     tried = {}
 
@@ -103,7 +103,7 @@ def _comparison_cases():
 def test_fastapi_vs_litserve(request, benchmark, load, server, framework, n):
     """n requests sent at once (seed 004): total runtime per round, response time mean and std."""
     url = f"{server.url}/predict"
-    bodies = classifier_bodies(CLASSIFIER_TIERS[load.classifier_tier].input_size)
+    bodies = real_image_bodies(CLASSIFIER_TIERS[load.classifier_tier].input_size)
     run_closed_loop(url, bodies, min(n, 16), min(n, 16))  # warm-up
     runs = []
     benchmark.pedantic(lambda: runs.append(run_closed_loop(url, bodies, n, n)), rounds=3, iterations=1)

@@ -1,0 +1,50 @@
+"""The variant maps: every spec is one the classifier's own parser accepts, ids are unique, each ladder
+step past batch_workers changes exactly one thing, and real-model variants keep the serving options."""
+
+import pytest
+
+from servers import classifier
+from servers.variants import CLASSIFIER_TIERS, classifier_model_variants, classifier_variants, with_pretrained
+
+
+def parsed(spec):
+    return classifier.config_from_args(classifier.parse_args(spec.argv(0)[2:]))
+
+
+@pytest.mark.parametrize("tier", list(CLASSIFIER_TIERS))
+def test_every_classifier_spec_parses_and_names_are_unique(tier):
+    specs = {**classifier_variants(tier, include_dropped=True), **classifier_model_variants(tier)}
+    assert len({spec.name for spec in specs.values()}) == len(specs)
+    for spec in specs.values():
+        assert parsed(spec).threads == CLASSIFIER_TIERS[tier].threads
+
+
+@pytest.mark.parametrize("tier", list(CLASSIFIER_TIERS))
+def test_each_step_after_batch_workers_changes_one_option(tier):
+    ladder = classifier_variants(tier, include_dropped=True)
+    reference = dict(ladder["batch_workers"].options)
+    for step in set(ladder) - {"baseline", "batch", "batch_workers"}:
+        options = dict(ladder[step].options)
+        changed = {flag for flag in reference.keys() | options.keys() if reference.get(flag) != options.get(flag)}
+        assert len(changed) == 1, f"{step} changes {changed}"
+
+
+def test_with_pretrained_keeps_serving_options_and_takes_the_models_input_size():
+    step = classifier_variants("cpu")["parallel_decode"]
+    real = with_pretrained(step, "efficientnet_lite0")
+    config = parsed(real)
+    assert config.pretrained == "efficientnet_lite0" and config.model == "tf_efficientnet_lite0"
+    assert config.input_size == 224 and config.num_classes == 1000 and config.decode_threads == 2
+    assert real.option("max-batch-size") == step.option("max-batch-size")
+
+
+def test_pretrained_refuses_other_weights():
+    with pytest.raises(ValueError, match="brings its own weights"):
+        classifier.config_from_args(classifier.parse_args(["--pretrained", "catdog", "--weights", "x.pth"]))
+
+
+def test_amp_precisions_compute_in_half_and_keep_fp32_weights():
+    import torch
+
+    assert classifier.torch_dtype("amp_bf16") == torch.float32 and classifier.compute_precision("amp_bf16") == "bf16"
+    assert classifier.torch_dtype("bf16") == torch.bfloat16 and classifier.compute_precision("fp32") == "fp32"
