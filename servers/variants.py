@@ -46,7 +46,7 @@ class ClassifierTier:
     threads: int  # torch threads per inference worker
     concurrency: tuple  # closed-loop concurrency levels measured per variant
     direct_batch_sizes: tuple  # batch sizes of the in-process direct-throughput ceiling
-    requests_per_round: int
+    requests_per_round: int  # at least; see round_requests
     rounds: int
     batched_max_batch_size: int
     batched_timeout_s: float
@@ -56,6 +56,12 @@ class ClassifierTier:
     max_batch_sizes: tuple  # maxbatch_<n> steps
     compile_step: bool  # kept only where it measured faster: on the 2-core CPU it was slower and unstable
     model_presets: tuple  # keys of CLASSIFIER_MODEL_PRESETS, each served with batch_workers' options
+    waves_per_round: int = 6  # a round sends at least this many requests per concurrent client
+
+    def round_requests(self, concurrency: int) -> int:
+        """Requests per measured round: at high concurrency a fixed count would be a few waves, and
+        the closed loop's ramp-up and drain would weigh on the figure."""
+        return max(self.requests_per_round, self.waves_per_round * concurrency)
 
 
 CLASSIFIER_TIERS = {
@@ -69,7 +75,7 @@ CLASSIFIER_TIERS = {
     ),
     "gpu": ClassifierTier(
         device="cuda", model="resnet50", input_size=224, threads=2, concurrency=(1, 8, 32, 64, 128, 256),
-        direct_batch_sizes=(1, 8, 32, 64, 128), requests_per_round=1024, rounds=5, batched_max_batch_size=64, batched_timeout_s=0.005, batched_workers=4,
+        direct_batch_sizes=(1, 8, 32, 64, 128), requests_per_round=512, waves_per_round=16, rounds=5, batched_max_batch_size=64, batched_timeout_s=0.005, batched_workers=4,
         decode_threads=8, timeouts_ms=(1, 20), max_batch_sizes=(16, 128), compile_step=True,
         model_presets=("resnet18", "resnet50", "mambaout_base", "efficientnet_lite0"),
     ),
@@ -85,11 +91,10 @@ CLASSIFIER_MODEL_PRESETS = {
 }
 
 
-def classifier_variants(tier_name: str, include_dropped: bool = False) -> dict:
+def classifier_variants(tier_name: str) -> dict:
     """The seeds' optimisation ladder for one tier, name -> ServerSpec, each step one change from the
     step it builds on. Steps past the seeds (channels_last, compile) are kept only where they measure
-    faster somewhere; the README's ladder table says where. include_dropped adds the steps a tier
-    leaves off its ladder (compile on the CPU), for the correctness tests: they must still answer right."""
+    faster somewhere; the README's ladder table says where."""
     tier = CLASSIFIER_TIERS[tier_name]
     needs_gpu = tier.device == "cuda"
     model = (("model", tier.model), ("input-size", tier.input_size), ("device", tier.device), ("threads", tier.threads))
@@ -119,7 +124,7 @@ def classifier_variants(tier_name: str, include_dropped: bool = False) -> dict:
         "amp_bf16": spec("amp_bf16", *with_batch(), precision="amp_bf16"),
         "channels_last": spec("channels_last", *with_batch(), ("channels-last", True)),
     }
-    if tier.compile_step or include_dropped:
+    if tier.compile_step:
         ladder["compile"] = spec("compile", *with_batch(), ("compile", True))
     for ms in tier.timeouts_ms:
         ladder[f"timeout_{ms}"] = spec(f"timeout_{ms}", *with_batch(timeout_s=ms / 1000))

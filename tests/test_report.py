@@ -34,3 +34,10 @@ def test_ceiling_table_aligns_and_marks_unknowns():
     lines = ceiling_table(rows).splitlines()
     assert len(lines) == 2 and len(lines[0]) == len(lines[1])  # every cell padded to its column
     assert "360/-" in lines[1] and "0.60" in lines[1] and lines[1].split()[0] == "cpu-batched-c8"
+
+
+def test_ids_sort_numbers_as_numbers():
+    from fixtures.report import natural_key
+
+    ids = ["fastapi-n100", "fastapi-n10", "cpu-batch-c8", "cpu-batch-c1", "fastapi-n50"]
+    assert sorted(ids, key=natural_key) == ["cpu-batch-c1", "cpu-batch-c8", "fastapi-n10", "fastapi-n50", "fastapi-n100"]

@@ -13,7 +13,7 @@ def parsed(spec):
 
 @pytest.mark.parametrize("tier", list(CLASSIFIER_TIERS))
 def test_every_classifier_spec_parses_and_names_are_unique(tier):
-    specs = {**classifier_variants(tier, include_dropped=True), **classifier_model_variants(tier)}
+    specs = {**classifier_variants(tier), **classifier_model_variants(tier)}
     assert len({spec.name for spec in specs.values()}) == len(specs)
     for spec in specs.values():
         assert parsed(spec).threads == CLASSIFIER_TIERS[tier].threads
@@ -21,7 +21,7 @@ def test_every_classifier_spec_parses_and_names_are_unique(tier):
 
 @pytest.mark.parametrize("tier", list(CLASSIFIER_TIERS))
 def test_each_step_after_batch_workers_changes_one_option(tier):
-    ladder = classifier_variants(tier, include_dropped=True)
+    ladder = classifier_variants(tier)
     reference = dict(ladder["batch_workers"].options)
     for step in set(ladder) - {"baseline", "batch", "batch_workers"}:
         options = dict(ladder[step].options)
@@ -48,3 +48,9 @@ def test_amp_precisions_compute_in_half_and_keep_fp32_weights():
 
     assert classifier.torch_dtype("amp_bf16") == torch.float32 and classifier.compute_precision("amp_bf16") == "bf16"
     assert classifier.torch_dtype("bf16") == torch.bfloat16 and classifier.compute_precision("fp32") == "fp32"
+
+
+def test_a_round_is_several_waves_of_the_concurrent_clients():
+    cpu, gpu = CLASSIFIER_TIERS["cpu"], CLASSIFIER_TIERS["gpu"]
+    assert [cpu.round_requests(c) for c in cpu.concurrency] == [48, 48]
+    assert [gpu.round_requests(c) for c in gpu.concurrency] == [512, 512, 512, 1024, 2048, 4096]

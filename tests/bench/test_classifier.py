@@ -44,13 +44,14 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
     bodies = real_image_bodies(served.input_size)
 
     # Warm-up: one load run at this concurrency (connections, worker caches, batch shapes), unmeasured.
-    warmup = run_closed_loop(url, bodies, min(tier.requests_per_round, 4 * concurrency), concurrency)
+    round_requests = tier.round_requests(concurrency)
+    warmup = run_closed_loop(url, bodies, min(round_requests, 4 * concurrency), concurrency)
     assert all(r.ok for r in warmup.results), f"warm-up failed: {error_breakdown(warmup.results)}"
 
     runs = []
     with ThrottleSampler() as throttle, UtilisationSampler(server.alive_pids) as utilisation:
         benchmark.pedantic(
-            lambda: runs.append(run_closed_loop(url, bodies, tier.requests_per_round, concurrency)),
+            lambda: runs.append(run_closed_loop(url, bodies, round_requests, concurrency)),
             rounds=tier.rounds, iterations=1, warmup_rounds=0,
         )
 
@@ -77,7 +78,7 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
         "errors": summary.errors,
         "success_rate": summary.success_rate,
         "concurrency": concurrency,
-        "requests_per_round": tier.requests_per_round,
+        "requests_per_round": round_requests,
         "payload": payload_description(served.input_size),
         "device": spec.option("device"),
         "model": served.model,
