@@ -41,3 +41,21 @@ def test_ids_sort_numbers_as_numbers():
 
     ids = ["fastapi-n100", "fastapi-n10", "cpu-batch-c8", "cpu-batch-c1", "fastapi-n50"]
     assert sorted(ids, key=natural_key) == ["cpu-batch-c1", "cpu-batch-c8", "fastapi-n10", "fastapi-n50", "fastapi-n100"]
+
+
+def test_ladder_table_is_steps_in_ladder_order_by_concurrency():
+    from fixtures.report import ladder_table
+
+    def bench(step, concurrency, rps, valid=True):
+        return {"extra_info": {"server": {"name": f"cpu-{step}"}, "concurrency": concurrency, "rps": rps,
+                               "api_over_direct": 0.5, "valid": valid, "invalid_reason": None if valid else "errors",
+                               "latency_p99_ms": 100.0, "server_cpu_cores": 1.5, "cpu_util_pct": 80.0}}
+
+    run = {"benchmarks": [bench("bf16", 8, 165.0), bench("baseline", 8, 58.6), bench("baseline", 1, 58.0, valid=False),
+                          bench("bf16", 1, 39.7), {"extra_info": {"tokens_per_s": 20.0}}]}
+    lines = ladder_table(run, "cpu").splitlines()
+    assert lines[0].startswith("| step | c=1 req/s (api/direct) | c=8 req/s (api/direct) | c=8 p99 ms")
+    assert lines[2].startswith("| baseline | 58.0 (0.50) | 58.6 (0.50) | 100 | 1.50 | 80 |")
+    assert lines[2].endswith("| no (c=1: errors) |")
+    assert lines[3].startswith("| bf16 | 39.7 (0.50) | 165.0 (0.50) |") and lines[3].endswith("| yes |")
+    assert len(lines) == 4
