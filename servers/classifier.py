@@ -58,6 +58,7 @@ class ClassifierConfig:
     channels_last: bool = False  # NHWC memory format (faster convolutions on many CPUs and GPUs)
     compile: bool = False  # torch.compile the model at start-up
     decode_threads: int = 0  # > 0: decode a batch's images in a thread pool inside batch()
+    pin_memory: bool = False  # CUDA: stack batches into a pinned host buffer, copy to the GPU asynchronously
     pretrained: Optional[str] = None  # a name in servers.pretrained.PRETRAINED: real weights and labels
 
 
@@ -185,6 +186,12 @@ class ClassifierAPI(ls.LitAPI):
             from concurrent.futures import ThreadPoolExecutor
 
             self.decode_pool = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
+        self.pinned = None
+        if cfg.pin_memory and self.device.type == "cuda":
+            # One page-locked buffer for the largest batch: the host-to-device copy of a batch can then
+            # run asynchronously (non_blocking in to_model_input). It is reused safely: predict() ends
+            # with .cpu(), which waits for the copy and the forward pass before the next batch is stacked.
+            self.pinned = torch.empty(self.max_batch_size, 3, cfg.input_size, cfg.input_size).pin_memory()
         # Forward passes at the largest batch the server can form and at 1, so allocator, kernel
         # selection and compilation happen before the first request, not inside a measured one.
         with torch.inference_mode():
@@ -218,6 +225,8 @@ class ClassifierAPI(ls.LitAPI):
 
         if self.decode_pool:
             inputs = list(self.decode_pool.map(self.decode_one, inputs))
+        if self.pinned is not None:
+            return torch.stack(inputs, out=self.pinned[: len(inputs)])
         return torch.stack(inputs)
 
     def predict(self, x):
@@ -279,6 +288,7 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and input")
     p.add_argument("--compile", action="store_true", help="torch.compile the model at start-up")
     p.add_argument("--decode-threads", type=int, default=0, help="decode a batch's images in N threads")
+    p.add_argument("--pin-memory", action="store_true", help="CUDA: batches in pinned host memory, copied asynchronously")
     return p.parse_args(argv)
 
 
@@ -293,7 +303,7 @@ def config_from_args(args) -> ClassifierConfig:
         model=model, input_size=input_size, num_classes=num_classes, weights=args.weights,
         labels=args.labels, pretrained=args.pretrained, precision=args.precision, threads=args.threads, top_k=args.top_k,
         max_pixels=args.max_pixels, channels_last=args.channels_last, compile=args.compile,
-        decode_threads=args.decode_threads,
+        decode_threads=args.decode_threads, pin_memory=args.pin_memory,
     )
 
 

@@ -73,7 +73,8 @@ CLASSIFIER_TIERS = {
         decode_threads=2, timeouts_ms=(2, 50), max_batch_sizes=(4, 16),
         # Measured on the 2-core CPU (2026-11-23): compile 30/46 req/s with round CV 0.69 against 118 for
         # batch_workers; channels_last 116-120 against 110-122 and amp_fp16 78-85 (three runs, real photos).
-        dropped_steps=("compile", "channels_last", "amp_fp16"),
+        # pinned (page-locked host memory for the host-to-device copy) only means something on CUDA.
+        dropped_steps=("compile", "channels_last", "amp_fp16", "pinned"),
         model_presets=("efficientnet_lite0",),
     ),
     "gpu": ClassifierTier(
@@ -127,6 +128,7 @@ def classifier_variants(tier_name: str) -> dict:
         "amp_bf16": spec("amp_bf16", *with_batch(), precision="amp_bf16"),
         "channels_last": spec("channels_last", *with_batch(), ("channels-last", True)),
         "compile": spec("compile", *with_batch(), ("compile", True)),
+        "pinned": spec("pinned", *with_batch(), ("pin-memory", True)),
     }
     for ms in tier.timeouts_ms:
         ladder[f"timeout_{ms}"] = spec(f"timeout_{ms}", *with_batch(timeout_s=ms / 1000))

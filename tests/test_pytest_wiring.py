@@ -127,12 +127,12 @@ def test_ctrl_c_during_a_run_ends_every_server_process(tmp_path):
     from tests.test_server_process import wait_until_gone
 
     (tmp_path / "test_case.py").write_text(WAITING_SERVER_TEST)
-    pids_file = tmp_path / "pids.json"
+    pids_file, inner_log = tmp_path / "pids.json", tmp_path / "inner.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | {"PIDS_FILE": str(pids_file)}
     inner = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "conftest", "-c", str(REPO_ROOT / "pytest.ini"), "--rootdir",
          str(tmp_path), "-p", "no:cacheprovider", str(tmp_path / "test_case.py")],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO_ROOT, env=env, stdout=inner_log.open("wb"), stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 90
@@ -142,7 +142,14 @@ def test_ctrl_c_during_a_run_ends_every_server_process(tmp_path):
         pids = json.loads(pids_file.read_text())
         assert len(pids) >= 4
         inner.send_signal(signal.SIGINT)  # Ctrl-C
-        inner.wait(timeout=60)
+        interrupted = time.monotonic()
+        try:
+            inner.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            inner.send_signal(signal.SIGABRT)  # pytest's faulthandler prints every thread's stack
+            time.sleep(2)
+            pytest.fail(f"inner pytest still running 60 s after Ctrl-C; its output:\n{inner_log.read_text()[-3000:]}")
+        print(f"inner pytest exited {time.monotonic() - interrupted:.1f} s after Ctrl-C")
         alive = wait_until_gone(pids)
         assert not alive, f"still running after Ctrl-C: {alive}"
     finally:
