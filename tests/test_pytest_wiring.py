@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fixtures.machine import cuda_available, device_class, gpu_info, machine_info
 from fixtures.server import REPO_ROOT
 
@@ -133,6 +135,10 @@ def test_ctrl_c_during_a_run_ends_every_server_process(tmp_path):
         [sys.executable, "-m", "pytest", "-p", "conftest", "-c", str(REPO_ROOT / "pytest.ini"), "--rootdir",
          str(tmp_path), "-p", "no:cacheprovider", str(tmp_path / "test_case.py")],
         cwd=REPO_ROOT, env=env, stdout=inner_log.open("wb"), stderr=subprocess.STDOUT,
+        # A shell starting a job in the background (`make test &`, nohup) sets SIGINT to ignored, and the
+        # setting is inherited down to here: Python then installs no KeyboardInterrupt handler and the
+        # Ctrl-C below would be lost. A terminal's Ctrl-C reaches a foreground job, so restore that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 90
