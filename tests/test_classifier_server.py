@@ -4,7 +4,6 @@ in-process (so batching keeps requests in order), local weights and labels, 400 
 import base64
 import concurrent.futures
 import json
-import urllib.error
 import urllib.request
 
 import pytest
@@ -15,6 +14,7 @@ from fixtures.payloads import classifier_body, synthetic_image
 from fixtures.server import start_server
 from servers.classifier import decode_image
 from servers.variants import ServerSpec
+from tests.post import post
 
 MODEL, SIZE, CLASSES = "resnet18", 64, 10
 MAX_PIXELS, MAX_BODY_BYTES = 1_000_000, 2_000_000
@@ -46,15 +46,6 @@ def classifier(weights, tmp_path_factory):
     server = start_server(spec, tmp_path_factory.mktemp("logs"))
     yield server
     server.stop()
-
-
-def post(url, body: bytes):
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def expected_top(model, body: bytes, k=3):

@@ -2,8 +2,6 @@
 token with usage at the end, honours max_tokens, and answers bad requests with 400."""
 
 import json
-import urllib.error
-import urllib.request
 
 import openai
 import pytest
@@ -12,6 +10,7 @@ from fixtures.server import start_server
 from fixtures.stream import StreamResult, run_sequential_streams, summarize_streams
 from servers.llm import validate_chat_body
 from servers.variants import ServerSpec
+from tests.post import post
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -86,20 +85,11 @@ def test_bad_requests_get_a_400_with_a_message(client, body, message):
     assert client.chat.completions.create(model="smollm2", messages=USER, max_tokens=2).usage.completion_tokens >= 1
 
 
-def raw_post(url, data: bytes):
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_malformed_json_and_a_too_long_prompt_are_400(llm, client):
-    status, body = raw_post(f"{llm.url}/v1/chat/completions", b"{not json")
+    status, body = post(f"{llm.url}/v1/chat/completions", b"{not json")
     assert status == 400 and body["error"]["message"] == "request body is not valid JSON"
     long_prompt = [{"role": "user", "content": "word " * 400}]  # beyond the 256-token context
-    status, body = raw_post(f"{llm.url}/v1/chat/completions", json.dumps({"messages": long_prompt, "max_tokens": 8}).encode())
+    status, body = post(f"{llm.url}/v1/chat/completions", json.dumps({"messages": long_prompt, "max_tokens": 8}).encode())
     assert status == 400 and "exceeds the context of 256" in json.dumps(body)
     assert client.chat.completions.create(model="smollm2", messages=USER, max_tokens=2).usage.completion_tokens >= 1
 

@@ -10,14 +10,13 @@ Models: servers/pretrained.py (efficientnet-lite0 ImageNet weights, catdog head,
 import concurrent.futures
 import io
 import json
-import urllib.error
-import urllib.request
 
 import pytest
 
 from fixtures.images import file_body, real_images
 from servers.pretrained import CAT_CLASSES, DOG_CLASSES, imagenet_labels, mnist_split
 from servers.variants import CLASSIFIER_TIERS, ServerSpec, classifier_variants, with_pretrained
+from tests.post import post
 
 # The 20 samples: efficientnet-lite0 fp32 got 18 right here (two "609" jeeps read as other cars); the
 # bound leaves one more miss for a numerically different device or precision.
@@ -31,15 +30,6 @@ def served(name, **options):
     base = {"device": "auto", "threads": 1, "max-batch-size": 8, "batch-timeout": 0.02, "workers-per-device": 1}
     return ServerSpec(name=f"functional-{name}", module="servers.classifier",
                       options=tuple({**base, **options, "pretrained": name}.items()))
-
-
-def post(url, body: bytes):
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def predict_all(server, bodies, concurrency=8) -> list:
