@@ -137,6 +137,11 @@ def classifier_variants(tier_name: str) -> dict:
     return {step: spec for step, spec in ladder.items() if step not in tier.dropped_steps}
 
 
+def classifier_specs(tier_name: str) -> dict:
+    """Every classifier spec a tier benchmarks, step name -> spec: the ladder, then the model presets."""
+    return {**classifier_variants(tier_name), **classifier_model_variants(tier_name)}
+
+
 def classifier_model_variants(tier_name: str) -> dict:
     """model_<preset> -> ServerSpec: other models served like the ladder's batch_workers step."""
     tier = CLASSIFIER_TIERS[tier_name]

@@ -4,16 +4,16 @@ step past batch_workers changes exactly one thing, and real-model variants keep 
 import pytest
 
 from servers import classifier
-from servers.variants import CLASSIFIER_TIERS, classifier_model_variants, classifier_variants, with_pretrained
+from servers.variants import CLASSIFIER_TIERS, classifier_specs, classifier_variants, with_pretrained
 
 
 def parsed(spec):
-    return classifier.config_from_args(classifier.parse_args(spec.argv(0)[2:]))
+    return classifier.config_from_args(classifier.spec_args(spec))
 
 
 @pytest.mark.parametrize("tier", list(CLASSIFIER_TIERS))
 def test_every_classifier_spec_parses_and_names_are_unique(tier):
-    specs = {**classifier_variants(tier), **classifier_model_variants(tier)}
+    specs = classifier_specs(tier)
     assert len({spec.name for spec in specs.values()}) == len(specs)
     for spec in specs.values():
         assert parsed(spec).threads == CLASSIFIER_TIERS[tier].threads

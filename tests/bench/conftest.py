@@ -12,11 +12,6 @@ from servers import classifier
 ROWS = pytest.StashKey[list]()
 
 
-def classifier_server_args(spec):
-    """The classifier's own parser reads the spec, so the direct ceiling builds exactly the served model."""
-    return classifier.parse_args(spec.argv(0)[2:])
-
-
 def _runnable_classifier_cases(session):
     for item in session.items:
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -37,7 +32,7 @@ def classifier_ceilings(request):
     for tier, spec in _runnable_classifier_cases(request.session):
         if spec.name in found:
             continue
-        args = classifier_server_args(spec)
+        args = classifier.spec_args(spec)  # the direct ceiling builds exactly the served model
         found[spec.name] = ceilings_module.classifier_ceilings(
             classifier.config_from_args(args), args.device, args.max_batch_size, args.workers_per_device,
             tier.direct_batch_sizes, min_time_s,

@@ -18,13 +18,12 @@ from fixtures.load import run_closed_loop
 from fixtures.metrics import coefficient_of_variation, error_breakdown, summarize, untrusted_reason
 from fixtures.images import payload_description, real_image_bodies
 from servers import classifier
-from servers.variants import CLASSIFIER_TIERS, classifier_model_variants, classifier_variants
+from servers.variants import CLASSIFIER_TIERS, classifier_specs
 
 
 def _cases():
     for tier_name, tier in CLASSIFIER_TIERS.items():
-        specs = {**classifier_variants(tier_name), **classifier_model_variants(tier_name)}
-        for spec in specs.values():
+        for spec in classifier_specs(tier_name).values():
             marks = ([pytest.mark.gpu] if tier.device == "cuda" else []) + ([pytest.mark.compile] if spec.option("compile") else [])
             for concurrency in tier.concurrency:
                 yield pytest.param(tier, spec, concurrency, marks=marks, id=f"{spec.name}-c{concurrency}")
@@ -40,7 +39,7 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
                                concurrency):
     # The ceilings come before server in the signature: measured before any server starts.
     url = f"{server.url}/predict"
-    served = classifier.config_from_args(classifier.parse_args(server.spec.argv(0)[2:]))
+    served = classifier.config_from_args(classifier.spec_args(server.spec))
     bodies = real_image_bodies(served.input_size)
 
     # Warm-up: one load run at this concurrency (connections, worker caches, batch shapes), unmeasured.
