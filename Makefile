@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CONSTRAINTS ?= -c constraints.txt
 PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-.PHONY: install test test-functional test-compile test-bench-smoke bench bench-gpu compare plots regression clean
+.PHONY: calibrate doctor gpu-smoke install test test-functional test-compile test-bench-smoke bench bench-gpu compare plots regression clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,3 +61,10 @@ regression: install
 
 clean:
 	rm -rf .server-logs .pytest_cache
+
+# This machine's floors: its tier run CALIBRATE_RUNS times (saved), then floors.toml written for its
+# machine class only (fixtures/floors.py). Commit floors.toml afterwards.
+CALIBRATE_RUNS ?= 3
+CALIBRATE_MARGIN ?= 0.3
+calibrate: install
+	HF_HUB_OFFLINE=1 $(PY) -m fixtures.floors --calibrate --runs $(CALIBRATE_RUNS) --margin $(CALIBRATE_MARGIN)

@@ -34,6 +34,10 @@ def pytest_addoption(parser):
         help="relative change below which nothing is reported (default 0.10); noise may raise it",
     )
     group.addoption("--no-plots", action="store_true", help="do not plot saved runs at the end of the session")
+    group.addoption("--no-floors", action="store_true",
+                    help="record figures without asserting floors (calibration runs); ceiling sanity and relations still hold")
+    group.addoption("--machine-class", default=None,
+                    help="look floors up under this machine class instead of this machine's (fixtures.machine.machine_class)")
 
 
 def pytest_runtest_setup(item):
@@ -52,9 +56,9 @@ def server(request):
     if spec.min_compute_capability and machine.cuda_available():
         import torch
 
-        capability = torch.cuda.get_device_capability()
-        if capability < tuple(spec.min_compute_capability):
-            pytest.skip(f"{spec.name} needs compute capability >= {spec.min_compute_capability}, this GPU has {capability}")
+        reason = spec.capability_skip_reason(True, torch.cuda.get_device_capability())
+        if reason:
+            pytest.skip(reason)
     memory_before = gpu.gpu_memory_used()  # None without a GPU
     try:
         running = start_server(spec, SERVER_LOG_DIR)
@@ -88,6 +92,12 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     from fixtures.client_ceiling import client_ceiling
 
     machine_info["client_ceiling"] = client_ceiling(SERVER_LOG_DIR)  # the load generator's own limit, c=8
+    override = config.getoption("--machine-class")
+    if override:
+        machine_info["machine_class_override"] = override
+    from fixtures.relations import RELATION_RESULTS
+
+    machine_info["relations"] = [r.as_dict() for r in config.stash.get(RELATION_RESULTS, [])]
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -14,10 +14,9 @@ with the bytes a decode step must read, to <report-dir>/llm-direct-<port>.json.
 import argparse
 import functools
 import json
-import os
 import queue
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import litserve as ls
@@ -25,7 +24,7 @@ from fastapi import HTTPException
 from litserve.specs.openai import OpenAISpec
 
 from servers.llm_models import MODELS, RECIPES, load
-from servers.runtime import prepare_main_process, prepare_worker, resolve_device
+from servers.runtime import device_type, prepare_main_process, prepare_worker, resolve_device
 from servers.validation import BodyValidator, RequestRejected
 
 ROLES = {"system", "user", "assistant", "tool"}
@@ -66,13 +65,37 @@ def check_chat_body(body: bytes, max_tokens_limit: int) -> None:
         raise RequestRejected(400, message)
 
 
+class GenerationFailed(RuntimeError):
+    pass
+
+
+def compile_plan(device: str, static_compile: bool) -> dict:
+    """One compile, chosen here. With a static cache transformers' generate() compiles the model's call
+    itself on CUDA (its default CompileConfig is mode="reduce-overhead": CUDA graphs), which on top of our
+    own torch.compile would compile twice. So: our torch.compile of forward, CUDA graphs on CUDA (decode
+    at batch 1 is launch-bound), and generate() told not to compile (disable_compile)."""
+    if not static_compile:
+        return {"compile_mode": None, "generate_kwargs": {}}
+    mode = "reduce-overhead" if device_type(device) == "cuda" else "default"
+    return {"compile_mode": mode, "generate_kwargs": {"cache_implementation": "static", "disable_compile": True}}
+
+
+def needs_sync(device: str) -> bool:
+    """Whether timing on this device must synchronise (LitServe hands a worker 'cuda:0', not 'cuda')."""
+    return device_type(device) == "cuda"
+
+
 class TokenQueue:
     """A transformers streamer that hands every generated token id to a queue (TextIteratorStreamer
-    buffers to word boundaries, which would hide the inter-token latency)."""
+    buffers to word boundaries, which would hide the inter-token latency). The generation's end is
+    None; its failure is the exception, so the reader never waits on a generation that died."""
 
     def __init__(self):
         self.queue = queue.Queue()
         self.prompt_seen = False
+
+    def fail(self, error: BaseException):
+        self.queue.put(error)
 
     def put(self, value):
         if not self.prompt_seen:  # generate() first puts the prompt
@@ -83,6 +106,25 @@ class TokenQueue:
 
     def end(self):
         self.queue.put(None)
+
+
+def stream_tokens(executor: ThreadPoolExecutor, generate, timeout_s: float):
+    """Run generate(streamer) on the worker's one generation thread and yield its token ids as they come.
+    An exception in generate ends the stream with GenerationFailed; so does no token for timeout_s."""
+    streamer = TokenQueue()
+    future = executor.submit(generate, streamer)
+    future.add_done_callback(lambda f: f.exception() and streamer.fail(f.exception()))
+    while True:
+        try:
+            item = streamer.queue.get(timeout=timeout_s)
+        except queue.Empty:
+            raise GenerationFailed(f"no token for {timeout_s:g} s") from None
+        if item is None:
+            break
+        if isinstance(item, BaseException):
+            raise GenerationFailed(f"generation failed: {type(item).__name__}: {item}") from item
+        yield item
+    future.result(timeout=timeout_s)  # re-raises anything raised after the last token
 
 
 def message_text(content) -> str:
@@ -104,16 +146,23 @@ class LLMAPI(ls.LitAPI):
         self.device = device
         self.recipe = RECIPES[args.recipe]
         self.tokenizer, self.model = load(args.model, self.recipe, device)
-        self.generate_kwargs = {}
-        if self.recipe.static_compile:
-            # A fixed-size static cache: one compiled graph for every request (each cache length recompiles).
-            self.generate_kwargs = {"cache_implementation": "static", "max_cache_len": args.context}
-            self.model.forward = torch.compile(self.model.forward)
+        plan = compile_plan(device, self.recipe.static_compile)
+        # A fixed-size static cache: one compiled graph for every request (each cache length recompiles).
+        self.generate_kwargs = {**plan["generate_kwargs"], **({"max_cache_len": args.context} if plan["compile_mode"] else {})}
+        if plan["compile_mode"]:
+            self.model.forward = torch.compile(self.model.forward, mode=plan["compile_mode"])
+        # Every generation (warm-up, the direct timing, every request) runs on this one thread: CUDA graph
+        # trees are kept per thread, so the API path replays the graphs the direct ceiling measured.
+        self.generation = ThreadPoolExecutor(1, thread_name_prefix="generate")
         prompt = self.prompt_ids(BENCH_MESSAGES)
         for _ in range(2):  # warm-up: compile, allocator, kernel choice
-            self.generate_ids(prompt, self.args.bench_max_tokens, exact=True)
-        self.write_direct_report(prompt)
-        print(f"worker ready: model={args.model} recipe={args.recipe} device={device} threads={self.threads}", flush=True)
+            self.on_generation_thread(self.generate_ids, prompt, self.args.bench_max_tokens, exact=True)
+        self.on_generation_thread(self.write_direct_report, prompt)
+        print(f"worker ready: model={args.model} recipe={args.recipe} device={device} threads={self.threads} "
+              f"compile={plan['compile_mode']}", flush=True)
+
+    def on_generation_thread(self, fn, *args, **kwargs):
+        return self.generation.submit(fn, *args, **kwargs).result()
 
     def prompt_ids(self, messages):
         chat = [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -140,11 +189,11 @@ class LLMAPI(ls.LitAPI):
 
         timings = []
         for _ in range(3):
-            if self.device == "cuda":
+            if needs_sync(self.device):
                 torch.cuda.synchronize()
             start = time.perf_counter()
             self.generate_ids(prompt, self.args.bench_max_tokens, exact=True)
-            if self.device == "cuda":
+            if needs_sync(self.device):
                 torch.cuda.synchronize()
             timings.append(time.perf_counter() - start)
         config = self.model.config
@@ -170,15 +219,11 @@ class LLMAPI(ls.LitAPI):
         if prompt.shape[1] + max_new > self.args.context:
             raise HTTPException(400, f"prompt ({prompt.shape[1]} tokens) + max_tokens ({max_new}) exceeds the context of {self.args.context}")
         exact = (request.metadata or {}).get("ignore_eos") == "true"
-        streamer = TokenQueue()
-        worker = threading.Thread(
-            target=self.generate_ids, args=(prompt, max_new, exact, streamer, request.temperature or 0.0, request.top_p or 1.0),
-            daemon=True,
-        )
-        worker.start()
+        generate = functools.partial(self.generate_ids, prompt, max_new, exact,
+                                     temperature=request.temperature or 0.0, top_p=request.top_p or 1.0)
         vocab = len(self.tokenizer)
         ids, sent = [], ""
-        while (token := streamer.queue.get()) is not None:
+        for token in stream_tokens(self.generation, lambda streamer: generate(streamer=streamer), self.args.token_timeout):
             # Random-weight presets may emit ids beyond the SmolLM2 tokenizer (Llama-3.2's 128k vocab):
             # their text is meaningless anyway, so they decode modulo the vocabulary.
             ids.append(token % vocab)
@@ -186,7 +231,6 @@ class LLMAPI(ls.LitAPI):
             delta = "" if text.endswith("\ufffd") else text[len(sent):]  # hold back half a UTF-8 character
             sent += delta
             yield delta  # exactly one chunk per generated token
-        worker.join()
         yield {"role": "assistant", "content": None, "prompt_tokens": prompt.shape[1],
                "completion_tokens": len(ids), "total_tokens": prompt.shape[1] + len(ids)}
 
@@ -205,6 +249,8 @@ def parse_args(argv=None):
     p.add_argument("--bench-max-tokens", type=int, default=32, help="tokens of the start-up direct measurement")
     p.add_argument("--report-dir", default=".server-logs", help="where the direct-throughput report goes")
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--token-timeout", type=float, default=60.0,
+                   help="a request whose generation yields no token for this long ends with an error")
     return p.parse_args(argv)
 
 

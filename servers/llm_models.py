@@ -37,7 +37,7 @@ class Recipe:
     quantization: Optional[str] = None  # key of QUANTIZATIONS
     static_compile: bool = False  # static KV cache + torch.compile of the forward pass
     needs_gpu: bool = False
-    min_compute_capability: Optional[tuple] = None
+    min_compute_capability: Optional[tuple] = None  # on CUDA; the CPU path has no such limit
 
 
 # Explicit name -> recipe: benchmark ids are llm_<name>, so `-k llm_torchao` selects the torchao ones.
@@ -46,7 +46,8 @@ RECIPES = {
     "eager_fp32": Recipe("fp32"),
     "static_compile": Recipe("bf16", static_compile=True),
     "torchao_int8wo": Recipe("bf16", quantization="int8wo", static_compile=True),
-    "torchao_int4wo": Recipe("bf16", quantization="int4wo", static_compile=True),
+    # CUDA int4 runs tinygemm (torch's _weight_int4pack_mm), which needs sm80+ and bf16 weights.
+    "torchao_int4wo": Recipe("bf16", quantization="int4wo", static_compile=True, min_compute_capability=(8, 0)),
     "torchao_float8": Recipe("bf16", quantization="float8dq", static_compile=True, needs_gpu=True,
                              min_compute_capability=(8, 9)),
 }
@@ -54,13 +55,16 @@ RECIPES = {
 
 def torchao_config(name: str, device: str):
     """name -> torchao quantisation config for quantize_(). int4 on CPU needs the prototype config
-    (Int4WeightOnlyConfig wants CUDA); its group size must divide the layer widths (576 for 135M)."""
+    (Int4WeightOnlyConfig wants CUDA); its group size must divide the layer widths (576 for 135M).
+    device is a worker's device string: LitServe passes 'cuda:0', so decide on its type."""
+    from servers.runtime import device_type
+
     if name == "int8wo":
         from torchao.quantization import Int8WeightOnlyConfig
 
         return Int8WeightOnlyConfig()
     if name == "int4wo":
-        if device == "cuda":
+        if device_type(device) == "cuda":
             from torchao.quantization import Int4WeightOnlyConfig
 
             # tinygemm's tile-packed format runs on torch's own CUDA kernel (_weight_int4pack_mm);

@@ -58,3 +58,11 @@ def resolve_device(requested: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_type(device) -> str:
+    """'cuda' for 'cuda', 'cuda:0' or torch.device('cuda', 1); 'cpu' for 'cpu'. LitServe hands each worker
+    f"{accelerator}:{index}" ('cuda:0'), so a device string is never compared with '==' 'cuda'."""
+    import torch
+
+    return torch.device(device).type

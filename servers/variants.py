@@ -31,6 +31,15 @@ class ServerSpec:
     def option(self, flag: str, default: Optional[str] = None) -> Optional[str]:
         return dict(self.options).get(flag, default)
 
+    def capability_skip_reason(self, cuda_available: bool, capability: Optional[tuple]) -> Optional[str]:
+        """Why this spec cannot run on this GPU (its compute capability is below the spec's minimum), or
+        None. A spec without a minimum, or a machine without CUDA (the gpu marker decides there), runs."""
+        if not self.min_compute_capability or not cuda_available:
+            return None
+        if tuple(capability) < tuple(self.min_compute_capability):
+            return f"{self.name} needs compute capability >= {tuple(self.min_compute_capability)}, this GPU has {tuple(capability)}"
+        return None
+
     def describe(self) -> dict:
         return {"name": self.name, "module": self.module, **{k: str(v) for k, v in self.options}}
 
@@ -197,7 +206,8 @@ def llm_variants(tier_name: str) -> dict:
             # The inductor cache outlives the run: a warm cache cuts a CPU compile to about 20 s.
             env=(("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE)),) if recipe.static_compile else (),
             startup_timeout_s=COMPILE_STARTUP_S if recipe.static_compile else 300.0,
-            needs_gpu=tier.device == "cuda", min_compute_capability=recipe.min_compute_capability,
+            needs_gpu=tier.device == "cuda",
+            min_compute_capability=recipe.min_compute_capability if tier.device == "cuda" else None,
         )
     return variants
 

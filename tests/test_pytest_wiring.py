@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.machine import cuda_available, device_class, gpu_info, machine_info
+from fixtures.machine import cuda_available, machine_info, this_machine_class
 from fixtures.server import REPO_ROOT
 
 GPU_TEST = """
@@ -69,7 +69,8 @@ def test_machine_info_names_the_device_and_versions():
     info = machine_info()
     assert info["cpu_info"]["logical_cores"] >= 1
     assert info["packages"]["torch"] and info["packages"]["litserve"]
-    assert info["device_class"] == (gpu_info()[0]["name"] if cuda_available() else "cpu")
+    assert info["machine_class"]["cpu"] == this_machine_class("cpu") and info["cpu_info"]["isa"]
+    assert ("cuda" in info["machine_class"]) == cuda_available()
     if not cuda_available():
         assert info["gpus"] == [] or all("name" in gpu for gpu in info["gpus"])
 
@@ -93,7 +94,7 @@ def test_saved_runs_carry_machine_info_and_compare(tmp_path):
     saved = sorted(storage.glob("*/*.json"))
     assert len(saved) == 2
     run = json.loads(saved[-1].read_text())
-    assert run["machine_info"]["device_class"] == device_class()
+    assert run["machine_info"]["machine_class"]["cpu"] == this_machine_class("cpu")
     assert run["machine_info"]["packages"]["litserve"]
     cpu = run["machine_info"]["ceilings"]["cpu"]
     assert cpu["matmul_flops_per_s"]["fp32"] > 0 and cpu["copy_bytes_per_s"] > 0 and cpu["threads"] >= 1

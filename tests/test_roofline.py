@@ -41,11 +41,30 @@ def test_rooflines_and_ratios():
     assert roofline.classifier_bytes_per_sample(8_000, 8, 602_112) == 1_000 + 602_112
 
 
-def test_peak_dtype_key():
-    assert roofline.peak_dtype_key("fp32", "cuda", cudnn_allow_tf32=True) == "tf32"
-    assert roofline.peak_dtype_key("fp32", "cuda", cudnn_allow_tf32=False) == "fp32"
-    assert roofline.peak_dtype_key("fp32", "cpu", cudnn_allow_tf32=True) == "fp32"
-    assert roofline.peak_dtype_key("bf16", "cuda", cudnn_allow_tf32=True) == "bf16"
+def test_fp32_on_cuda_takes_each_kernel_familys_own_tf32_setting():
+    # PyTorch's defaults: cuDNN convolutions on TF32, cuBLAS matmuls not.
+    keys = roofline.kernel_peak_keys("fp32", "cuda", cudnn_allow_tf32=True, matmul_allow_tf32=False)
+    assert (keys["conv"], keys["matmul"]) == ("tf32", "fp32") and "allow_tf32" in keys["reason"]
+    keys = roofline.kernel_peak_keys("fp32", "cuda", cudnn_allow_tf32=False, matmul_allow_tf32=True)
+    assert (keys["conv"], keys["matmul"]) == ("fp32", "tf32")
+    assert roofline.kernel_peak_keys("fp32", "cpu", True, True)["conv"] == "fp32"
+    assert roofline.kernel_peak_keys("bf16", "cuda", True, False)["matmul"] == "bf16"
+
+
+def test_a_matmul_heavy_net_gets_the_fp32_peak_a_conv_net_the_tf32_one():
+    peaks = {"conv": 156e12, "matmul": 19.5e12}  # A100: TF32 vs FP32
+    conv_net = roofline.mixed_compute_roofline({"conv": 4e9, "matmul": 1e6}, peaks)
+    matmul_net = roofline.mixed_compute_roofline({"conv": 1e6, "matmul": 4e9}, peaks)
+    assert conv_net == pytest.approx(156e12 / 4e9, rel=0.01) and matmul_net == pytest.approx(19.5e12 / 4e9, rel=0.01)
+    assert roofline.mixed_compute_roofline({"conv": 1e9, "matmul": 1e9}, {"conv": 1e12, "matmul": None}) is None
+
+
+def test_flops_split_by_kernel_family():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))
+    split = roofline.flops_by_kernel(model, torch.zeros(2, 3, 8, 8))
+    assert split["conv"] == 2 * 8 * 3 * 9 * 36 and split["matmul"] == 2 * 8 * 36 * 10
 
 
 def test_known_gpus_by_nvml_name_and_memory():
@@ -89,7 +108,7 @@ def test_time_per_call_runs_until_min_time():
 
 
 FLOORS = {
-    "cpu": {
+    "cpu/Xeon/2c/amx": {
         "machine": "2-core Xeon", "measured": "2026-11-23", "margin": "30%",
         "cpu-batched-c8": {"min_rps": 90.0, "min_api_over_direct": 0.3},
     },
@@ -97,17 +116,17 @@ FLOORS = {
 
 
 def test_floor_lookup():
-    floor = find_floor(FLOORS, "cpu", "cpu-batched-c8")
+    floor = find_floor(FLOORS, "cpu/Xeon/2c/amx", "cpu-batched-c8")
     assert floor.minimums == {"rps": 90.0, "api_over_direct": 0.3}
     assert floor.provenance == {"machine": "2-core Xeon", "measured": "2026-11-23", "margin": "30%"}
-    assert find_floor(FLOORS, "cpu", "cpu-baseline-c1") is None
+    assert find_floor(FLOORS, "cpu/Xeon/2c/amx", "cpu-baseline-c1") is None
     assert find_floor(FLOORS, "NVIDIA H100 80GB HBM3", "cpu-batched-c8") is None
-    with pytest.raises(ValueError, match="must start with min_"):
+    with pytest.raises(ValueError, match="must start with min_ or range_"):
         find_floor({"cpu": {"x": {"rps": 1}}}, "cpu", "x")
 
 
 def test_floor_check_message_shows_measured_floor_and_ceiling():
-    floor = find_floor(FLOORS, "cpu", "cpu-batched-c8")
+    floor = find_floor(FLOORS, "cpu/Xeon/2c/amx", "cpu-batched-c8")
     assert check_floor(floor, {"rps": 120.0, "api_over_direct": 0.5}, {"direct": 230.0}) == []
     failures = check_floor(floor, {"rps": 80.0, "api_over_direct": 0.5}, {"direct": 230.0, "roofline": None})
     assert len(failures) == 1
@@ -128,14 +147,3 @@ def test_the_floors_file_parses_and_every_floor_says_where_it_came_from():
             assert {"machine", "measured", "margin"} <= entries.keys(), device_class
         for benchmark_id in benchmarks:
             assert find_floor(floors, device_class, benchmark_id).minimums
-
-
-def test_suggested_floors_take_the_lowest_run_less_the_margin():
-    from fixtures.floors import suggest_floors
-
-    def run(rps):
-        return {"benchmarks": [{"param": "cpu-batched-c8", "extra_info": {"rps": rps, "api_over_direct": None}}]}
-
-    assert suggest_floors([run(130.0), run(100.0), run(120.0)], ("rps", "api_over_direct"), 0.3) == {
-        "cpu-batched-c8": {"min_rps": 70.0}
-    }

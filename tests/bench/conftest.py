@@ -6,10 +6,13 @@ import pytest
 from fixtures import ceilings as ceilings_module
 from fixtures import machine
 from fixtures.floors import load_floors
+from fixtures.relations import RELATION_RESULTS
 from fixtures.report import ceiling_table
 from servers import classifier
 
 ROWS = pytest.StashKey[list]()
+FIGURES = pytest.StashKey[dict]()  # benchmark id -> extra_info, for the relations
+NO_FLOORS = pytest.StashKey[set]()  # machine classes that had no floors for a benchmark this session
 
 
 def _runnable_classifier_cases(session):
@@ -68,7 +71,51 @@ def bench_rows(request):
     return rows
 
 
+@pytest.fixture(scope="session")
+def figures_by_id(request):
+    return request.config.stash.setdefault(FIGURES, {})
+
+
+@pytest.fixture(scope="session")
+def machine_class(request):
+    """device type ("cpu" or "cuda") -> this machine's class, the key of its floors. --machine-class
+    replaces it (to check a first run on a class without floors, or to read another class's floors)."""
+    override = request.config.getoption("--machine-class")
+    return lambda device: override or machine.this_machine_class(device)
+
+
+@pytest.fixture
+def assert_floor(request, benchmark, floors, machine_class):
+    """check(benchmark_id, device, figures, ceilings): the floors of this machine's class, or a recorded
+    note that the class has none (the terminal summary then says how to calibrate it)."""
+    from fixtures.floors import check_floor, find_floor
+    from servers.runtime import device_type
+
+    def check(benchmark_id, device, figures, ceiling_view):
+        if benchmark.disabled or request.config.getoption("--no-floors"):
+            return  # smoke pass (make test) or calibration: not measured enough for floors / making them
+        cls = machine_class(device_type(device))
+        floor = find_floor(floors, cls, benchmark_id)
+        if floor is None:
+            request.config.stash.setdefault(NO_FLOORS, set()).add(cls)
+            return
+        failures = check_floor(floor, figures, ceiling_view)
+        assert not failures, "\n".join(failures)
+
+    return check
+
+
 def pytest_terminal_summary(terminalreporter, config):
+    relations = config.stash.get(RELATION_RESULTS, [])
+    if relations:
+        terminalreporter.write_sep("-", "relations between benchmarks of this session")
+        for result in relations:
+            terminalreporter.write_line(f"{result.status:9} {result.name}: {result.message}",
+                                        red=result.status == "violated", yellow=result.status in ("recorded", "skipped"))
+    for cls in sorted(config.stash.get(NO_FLOORS, set())):
+        terminalreporter.write_line(
+            f"machine class {cls!r} has no floors yet: figures recorded, ceiling sanity and relations asserted, "
+            f"floors not. Calibrate it with `make calibrate` and commit floors.toml.", yellow=True)
     rows = config.stash.get(ROWS, [])
     if rows:
         terminalreporter.write_sep("-", "served throughput against its ceilings (req/s or tokens/s)")

@@ -8,15 +8,14 @@ compute roofline, memory roofline) and the efficiency ratios; then the floors ar
 
 import pytest
 
-from fixtures import machine
 from fixtures.ceilings import efficiency
 from fixtures.client_ceiling import client_bound
-from fixtures.floors import check_floor, find_floor
 from fixtures.gpu import ThrottleSampler
 from fixtures.utilisation import UtilisationSampler
 from fixtures.load import run_closed_loop
 from fixtures.metrics import coefficient_of_variation, error_breakdown, summarize, untrusted_reason
 from fixtures.images import payload_description, real_image_bodies
+from fixtures.relations import ceiling_sanity
 from servers import classifier
 from servers.variants import CLASSIFIER_TIERS, classifier_specs
 
@@ -35,8 +34,8 @@ def _ms(seconds):
 
 @pytest.mark.benchmark(group="classifier")
 @pytest.mark.parametrize("tier, server, concurrency", list(_cases()), indirect=["server"])
-def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_ceiling, floors, bench_rows, tier, server,
-                               concurrency):
+def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_ceiling, assert_floor, bench_rows,
+                               figures_by_id, tier, server, concurrency):
     # The ceilings come before server in the signature: measured before any server starts.
     url = f"{server.url}/predict"
     served = classifier.config_from_args(classifier.spec_args(server.spec))
@@ -97,18 +96,17 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
     }
     benchmark.extra_info.update(figures)
     benchmark_id = request.node.callspec.id
-    device_class = "cpu" if spec.option("device") == "cpu" else machine.device_class()
-    floor = find_floor(floors, device_class, benchmark_id)
-    bench_rows.append({"benchmark": benchmark_id, **figures, "floor": "none" if floor is None else "set"})
+    figures_by_id[benchmark_id] = figures
+    bench_rows.append({"benchmark": benchmark_id, **figures})
 
     assert invalid is None, (
         f"figures not trusted: {invalid}; errors {error_breakdown(results)}; server {server.state()}"
     )
     if benchmark.disabled:
-        return  # smoke pass (make test): one unwarmed-by-rounds run, too noisy for floors
-    if floor is None:
-        pytest.skip(f"no floor for {benchmark_id!r} on {device_class!r} in floors.toml: figures recorded, nothing asserted")
-    ceiling_view = {"direct": ceilings.direct_rps, "roofline(measured)": ceilings.roofline_rps_measured,
-                    "roofline(datasheet)": ceilings.roofline_rps_datasheet}
-    failures = check_floor(floor, figures, ceiling_view)
-    assert not failures, "\n".join(failures)
+        return  # smoke pass (make test): one unwarmed-by-rounds run, too noisy for floors or ceiling checks
+    insane = ceiling_sanity(figures, {"direct": f"{ceilings.direct_rps:.4g} req/s (direct_rps)",
+                                      "roofline": f"{ceilings.roofline_rps_measured} req/s (peaks {ceilings.peak_dtype})"})
+    assert not insane, f"{benchmark_id}: " + "; ".join(insane)
+    assert_floor(benchmark_id, spec.option("device"), figures,
+                 {"direct": ceilings.direct_rps, "roofline(measured)": ceilings.roofline_rps_measured,
+                  "roofline(datasheet)": ceilings.roofline_rps_datasheet})

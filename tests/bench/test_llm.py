@@ -12,12 +12,11 @@ import json
 import pytest
 
 from conftest import SERVER_LOG_DIR
-from fixtures import machine
 from fixtures.ceilings import llm_ceilings
-from fixtures.floors import check_floor, find_floor
 from fixtures.gpu import ThrottleSampler
 from fixtures.utilisation import UtilisationSampler
 from fixtures.metrics import coefficient_of_variation, untrusted_reason
+from fixtures.relations import ceiling_sanity
 from fixtures.roofline import ratio
 from fixtures.stream import run_sequential_streams, summarize_streams
 from servers.llm import BENCH_MESSAGES
@@ -39,7 +38,7 @@ def _ms(seconds):
 
 @pytest.mark.benchmark(group="llm")
 @pytest.mark.parametrize("tier, server", list(_cases()), indirect=["server"])
-def test_llm_decode(request, benchmark, device_peaks, floors, bench_rows, tier, server):
+def test_llm_decode(request, benchmark, device_peaks, assert_floor, bench_rows, figures_by_id, tier, server):
     # device_peaks comes before server in the signature: measured before any server starts.
     spec = server.spec
     url = f"{server.url}/v1/chat/completions"
@@ -89,22 +88,21 @@ def test_llm_decode(request, benchmark, device_peaks, floors, bench_rows, tier, 
     }
     benchmark.extra_info.update(figures)
     benchmark_id = request.node.callspec.id
-    device_class = "cpu" if tier.device == "cpu" else machine.device_class()
-    floor = find_floor(floors, device_class, benchmark_id)
+    figures_by_id[benchmark_id] = figures
     bench_rows.append({"benchmark": benchmark_id, "rps": api, "direct_rps": direct["direct_tokens_per_s"],
                        "compute_roofline_rps_measured": ceilings["compute_roofline_tokens_per_s_measured"],
                        "compute_roofline_rps_datasheet": ceilings["compute_roofline_tokens_per_s_datasheet"],
                        "memory_roofline_rps_measured": ceilings["memory_roofline_tokens_per_s_measured"],
                        "memory_roofline_rps_datasheet": ceilings["memory_roofline_tokens_per_s_datasheet"],
-                       **figures, "floor": "none" if floor is None else "set"})
+                       **figures})
 
     failed = [(r.status, r.error) for r in results if not r.ok][:3]
     assert invalid is None, f"figures not trusted: {invalid}; first failures {failed}; server {server.state()}"
     if benchmark.disabled:
-        return  # smoke pass (make test): not measured enough for floors
-    if floor is None:
-        pytest.skip(f"no floor for {benchmark_id!r} on {device_class!r} in floors.toml: figures recorded, nothing asserted")
-    failures = check_floor(floor, figures, {"direct": direct["direct_tokens_per_s"],
-                                            "roofline(measured)": ceilings["roofline_tokens_per_s_measured"],
-                                            "roofline(datasheet)": ceilings["roofline_tokens_per_s_datasheet"]})
-    assert not failures, "\n".join(failures)
+        return  # smoke pass (make test): not measured enough for floors or ceiling checks
+    insane = ceiling_sanity(figures, {"direct": f"{direct['direct_tokens_per_s']:.4g} tok/s (the worker's own generate)",
+                                      "roofline": f"{ceilings['roofline_tokens_per_s_measured']} tok/s"})
+    assert not insane, f"{benchmark_id}: " + "; ".join(insane)
+    assert_floor(benchmark_id, tier.device, figures, {"direct": direct["direct_tokens_per_s"],
+                                                      "roofline(measured)": ceilings["roofline_tokens_per_s_measured"],
+                                                      "roofline(datasheet)": ceilings["roofline_tokens_per_s_datasheet"]})

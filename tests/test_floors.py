@@ -1,0 +1,84 @@
+"""Machine classes and calibration on fake saved runs: floors land under the class that measured them,
+other classes stay as they were, provenance is kept, and untrusted runs give no floors."""
+
+import json
+
+import pytest
+
+from fixtures import floors as floors_module
+from fixtures.floors import CalibrationError, calibrated_floors, find_floor, load_floors, merge_floors
+from fixtures.machine import cpu_isa_tier, machine_class
+
+AMD = {"cpu_info": {"model": "AMD EPYC", "usable_cores": 2, "isa": "avx512_bf16"}, "cuda_devices": []}
+XEON = {"cpu_info": {"model": "Intel(R) Xeon(R) Processor", "usable_cores": 2, "isa": "amx"}, "cuda_devices": []}
+
+
+def saved_run(info, rps, valid=True, commit="abc1234"):
+    bench = {"name": "test_classifier_throughput[cpu-baseline-c8]", "param": "cpu-baseline-c8",
+             "extra_info": {"device": "cpu", "rps": rps, "api_over_direct": rps / 100, "valid": valid,
+                            "invalid_reason": None if valid else "round CV 0.4 > 0.25",
+                            "direct_over_roofline_measured": 0.5}}
+    llm = {"name": "test_llm_decode[cpu-llm_eager_bf16]", "param": "cpu-llm_eager_bf16",
+           "extra_info": {"device": "cpu", "tokens_per_s": 18.0, "api_over_direct": 0.95, "valid": True}}
+    other = {"name": "test_poisson_open_loop[x]", "param": "x", "extra_info": {"device": "cpu", "rps": 1.0}}
+    return {"machine_info": info, "commit_info": {"id": commit}, "benchmarks": [bench, llm, other]}
+
+
+def test_the_class_names_cpu_model_usable_cores_and_isa_tier():
+    assert machine_class(AMD, "cpu") == "cpu/AMD EPYC/2c/avx512_bf16"
+    assert machine_class({**AMD, "cpu_info": {**AMD["cpu_info"], "usable_cores": 4}}, "cpu") != machine_class(AMD, "cpu")
+    assert cpu_isa_tier(["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]) == "amx"
+    assert cpu_isa_tier(["avx2", "avx512f", "avx512_bf16"]) == "avx512_bf16"
+    assert cpu_isa_tier(["sse2"]) == "baseline"
+
+
+def test_the_gpu_class_is_the_visible_gpus_name_and_count():
+    info = {**AMD, "cuda_devices": [{"cuda_index": 0, "nvml_index": 3, "name": "NVIDIA L4", "uuid": "u"}] * 2}
+    assert machine_class(info, "cuda") == "gpu/2x NVIDIA L4"
+    assert machine_class({**AMD, "cuda_devices": [{"cuda_index": 0, "nvml_index": None, "name": None}]}, "cuda") \
+        == "gpu/1x unknown (no NVML)"
+
+
+def test_calibration_takes_the_lowest_run_less_the_margin_and_keeps_the_range():
+    cls, entries = calibrated_floors([saved_run(AMD, 130.0), saved_run(AMD, 100.0), saved_run(AMD, 120.0)], "cpu", 0.3)
+    assert cls == "cpu/AMD EPYC/2c/avx512_bf16"
+    assert entries["cpu-baseline-c8"]["min_rps"] == 70.0 and entries["cpu-baseline-c8"]["range_rps"] == [100.0, 130.0]
+    assert entries["cpu-baseline-c8"]["min_api_over_direct"] == 0.7
+    assert entries["cpu-llm_eager_bf16"]["min_tokens_per_s"] == pytest.approx(12.6)
+    assert "x" not in entries  # open-loop figures are not floored
+
+
+def test_calibration_refuses_invalid_runs_and_mixed_classes():
+    with pytest.raises(CalibrationError, match="invalid.*round CV"):
+        calibrated_floors([saved_run(AMD, 130.0), saved_run(AMD, 100.0, valid=False)], "cpu", 0.3)
+    with pytest.raises(CalibrationError, match="several machine classes"):
+        calibrated_floors([saved_run(AMD, 130.0), saved_run(XEON, 100.0)], "cpu", 0.3)
+    with pytest.raises(CalibrationError, match="no saved runs"):
+        calibrated_floors([], "cpu", 0.3)
+
+
+def test_writing_merges_with_other_classes_and_keeps_provenance(tmp_path):
+    path = tmp_path / "floors.toml"
+    xeon_entries = {"cpu-baseline-c8": {"min_rps": 37.7}}
+    floors_module.write_floors(merge_floors({}, "cpu/Intel(R) Xeon(R) Processor/2c/amx", xeon_entries,
+                                            {"machine": "xeon", "measured": "2026-11-23", "margin": "30%"}), path)
+    runs = [tmp_path / f"000{i}_abc.json" for i in range(1, 4)]
+    for run, rps in zip(runs, (130.0, 100.0, 120.0)):
+        run.write_text(json.dumps(saved_run(AMD, rps)))
+    assert floors_module.main(["--from-runs", *map(str, runs), "--device", "cpu", "--floors", str(path)]) == 0
+    written = load_floors(path)
+    assert written["cpu/Intel(R) Xeon(R) Processor/2c/amx"]["cpu-baseline-c8"] == {"min_rps": 37.7}
+    amd = written["cpu/AMD EPYC/2c/avx512_bf16"]
+    assert amd["runs"] == ["0001_abc.json", "0002_abc.json", "0003_abc.json"] and amd["commit"] == "abc1234"
+    assert "AMD EPYC" in amd["machine"] and amd["measured"] and "30%" in amd["margin"]
+    assert find_floor(written, "cpu/AMD EPYC/2c/avx512_bf16", "cpu-baseline-c8").minimums["rps"] == 70.0
+    # An invalid run: nothing is written, the file is as it was.
+    before = path.read_text()
+    runs[0].write_text(json.dumps(saved_run(AMD, 1.0, valid=False)))
+    assert floors_module.main(["--from-runs", *map(str, runs), "--device", "cpu", "--floors", str(path)]) == 1
+    assert path.read_text() == before
+
+
+def test_the_floors_file_keys_every_class_by_a_machine_class():
+    for name in load_floors():
+        assert name.startswith(("cpu/", "gpu/")), f"floors.toml class {name!r} is not a machine class"
