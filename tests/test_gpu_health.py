@@ -10,20 +10,28 @@ from fixtures import gpu
 from fixtures.metrics import untrusted_reason
 
 
-def test_throttle_bits_are_nvml_s():
-    assert gpu.THROTTLE_PROBLEMS == {
-        pynvml.nvmlClocksEventReasonSwPowerCap: "sw_power_cap",
+def test_reason_bits_are_nvml_s():
+    assert {bit: name for bit, name in gpu.CLOCK_EVENT_REASONS.items() if name in gpu.INVALIDATING_REASONS} == {
         pynvml.nvmlClocksEventReasonHwSlowdown: "hw_slowdown",
         pynvml.nvmlClocksEventReasonSwThermalSlowdown: "sw_thermal_slowdown",
         pynvml.nvmlClocksEventReasonHwThermalSlowdown: "hw_thermal_slowdown",
         pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown: "hw_power_brake_slowdown",
     }
+    assert gpu.CLOCK_EVENT_REASONS[pynvml.nvmlClocksEventReasonSwPowerCap] == "sw_power_cap"
+    assert gpu.CLOCK_EVENT_REASONS[pynvml.nvmlClocksEventReasonGpuIdle] == "gpu_idle"
 
 
-def test_idle_and_application_clocks_are_not_problems():
-    idle, app_clocks = pynvml.nvmlClocksEventReasonGpuIdle, pynvml.nvmlClocksEventReasonApplicationsClocksSetting
-    assert gpu.throttle_problems([idle, app_clocks, 0]) == []
-    assert gpu.throttle_problems([0, pynvml.nvmlClocksEventReasonSwThermalSlowdown | idle, 0]) == ["sw_thermal_slowdown"]
+def test_a_power_capped_run_is_valid_and_its_cap_is_recorded():
+    cap, idle = pynvml.nvmlClocksEventReasonSwPowerCap, pynvml.nvmlClocksEventReasonGpuIdle
+    masks = [cap, cap, cap | idle, 0]
+    assert gpu.throttle_problems(masks) == []  # an L4 or H100 PCIe under load is power capped: normal
+    assert gpu.reason_fractions(masks) == {"gpu_idle": 0.25, "sw_power_cap": 0.75}
+
+
+def test_thermal_slowdown_invalidates_and_says_how_often():
+    thermal = pynvml.nvmlClocksEventReasonSwThermalSlowdown
+    assert gpu.throttle_problems([0, thermal, 0, 0]) == ["sw_thermal_slowdown (25% of samples)"]
+    assert "sw_thermal_slowdown" in untrusted_reason(0, 0.01, gpu_throttle=gpu.throttle_problems([thermal]))
 
 
 def test_sampler_collects_during_the_window_and_marks_the_run_invalid():
@@ -32,15 +40,49 @@ def test_sampler_collects_during_the_window_and_marks_the_run_invalid():
         import time
 
         time.sleep(0.2)
-    assert len(sampler.masks) >= 5 and sampler.problems == ["hw_slowdown"]
-    assert "throttled during the measurement: hw_slowdown" in untrusted_reason(0, 0.01, gpu_throttle=sampler.problems)
+    assert len(sampler.masks) >= 5 and sampler.problems[0].startswith("hw_slowdown (")
+    assert sampler.summary()["gpu_clock_events"]["hw_slowdown"] > 0
 
 
-def test_without_a_driver_the_sampler_reports_no_gpu():
-    with gpu.ThrottleSampler() as sampler:
+class FakeNvml:
+    """An NVML whose clock-event call exists or not (drivers older than R535 lack it)."""
+
+    def __init__(self, has_event_reasons: bool, mask: int = 0x4):
+        self.has_event_reasons, self.mask = has_event_reasons, mask
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle):
+        if not self.has_event_reasons:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        return self.mask
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle):
+        return self.mask | 0x1
+
+
+def test_an_old_driver_falls_back_to_the_throttle_reasons_call():
+    assert gpu.clock_reason_reader(FakeNvml(True), "h")() == 0x4
+    assert gpu.clock_reason_reader(FakeNvml(False), "h")() == 0x5  # the older call's answer
+
+
+def test_a_sampler_whose_nvml_call_raises_says_so_and_never_reports_not_throttled():
+    def broken():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+
+    with gpu.ThrottleSampler(interval_s=0.01, read_mask=broken) as sampler:
+        import time
+
+        time.sleep(0.05)
+    assert not sampler.available and "mid-window" in sampler.unavailable_reason
+    assert sampler.summary()["gpu_throttle"].startswith("unavailable: NVML call failed")
+    assert gpu.nvml_required_failure(sampler, require_gpu=True).startswith("--require-gpu")
+    assert gpu.nvml_required_failure(sampler, require_gpu=False) is None
+
+
+def test_without_a_gpu_the_sampler_says_no_gpu():
+    with gpu.ThrottleSampler(gpu_expected=False) as sampler:
         pass
-    if gpu.gpu_memory_used() is None:  # a CPU machine
-        assert not sampler.available and sampler.problems == []
+    assert not sampler.available and sampler.summary()["gpu_throttle"] == "unavailable: no GPU"
+    assert gpu.nvml_required_failure(sampler, require_gpu=True) == "--require-gpu: no GPU to sample"
 
 
 def test_memory_wait_returns_when_memory_is_back_or_the_excess_at_the_deadline():

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from fixtures.images import file_body, real_images
+from fixtures.images import file_body, missing_images, real_images
 from servers.pretrained import CAT_CLASSES, DOG_CLASSES, imagenet_labels, mnist_split
 from servers.variants import CLASSIFIER_TIERS, ServerSpec, classifier_variants, with_pretrained
 from tests.post import post
@@ -42,7 +42,19 @@ def predict_all(server, bodies, concurrency=8) -> list:
 
 @pytest.fixture(scope="module")
 def images():
-    return real_images()
+    try:
+        return real_images()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def all_photos(images):
+    """The whole set, for tests whose bounds are counted on it: skips naming what is missing."""
+    missing = missing_images()
+    if missing:
+        pytest.skip(f"real photos missing (see `python -m fixtures.images`): {', '.join(missing)}")
+    return images
 
 
 def test_load_generator_bodies_are_the_real_photos_at_the_input_size(images):
@@ -51,14 +63,13 @@ def test_load_generator_bodies_are_the_real_photos_at_the_input_size(images):
 
     bodies = real_image_bodies(112)
     # The same bytes on every encoding (the cache returns the first one; __wrapped__ encodes afresh).
-    assert len(bodies) == len(images) == 22 and bodies == real_image_bodies.__wrapped__(112)
+    assert len(bodies) == len(images) and bodies == real_image_bodies.__wrapped__(112)
     assert {decode_image(json.loads(body)).size for body in bodies} == {(112, 112)}
-    assert [image.kind for image in images].count("cat") == 1 and [image.kind for image in images].count("dog") >= 3
 
 
 @pytest.fixture(scope="module")
 def fp32_reference(images):
-    """Top-1 of efficientnet-lite0 in fp32, in-process, on the bytes each request carries."""
+    """Softmax of efficientnet-lite0 in fp32, in-process, on the bytes each request carries (one row per image)."""
     import timm
     import torch
 
@@ -69,11 +80,13 @@ def fp32_reference(images):
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
     with torch.inference_mode():
         batch = torch.stack([transform(decode_image(json.loads(file_body(image.path)))) for image in images])
-        return model(batch).argmax(-1).tolist()
+        return model(batch).softmax(-1).tolist()
 
 
 @pytest.mark.parametrize("server", [served("efficientnet_lite0")], indirect=True, ids=["efficientnet_lite0"])
-def test_the_cat_is_a_cat_the_dogs_are_dogs_and_imagenet_samples_are_mostly_right(server, images):
+def test_the_cat_is_a_cat_the_dogs_are_dogs_and_imagenet_samples_are_mostly_right(server, all_photos):
+    images = all_photos
+    assert [image.kind for image in images].count("cat") == 1 and [image.kind for image in images].count("dog") >= 3
     top1 = predict_all(server, [file_body(image.path) for image in images])
     for image, prediction in zip(images, top1):
         if image.kind == "cat":
@@ -89,7 +102,8 @@ def test_the_cat_is_a_cat_the_dogs_are_dogs_and_imagenet_samples_are_mostly_righ
 
 
 @pytest.mark.parametrize("server", [served("catdog")], indirect=True, ids=["catdog"])
-def test_catdog_answers_cat_or_dog(server, images):
+def test_catdog_answers_cat_or_dog(server, all_photos):
+    images = all_photos
     pets = [image for image in images if image.kind in ("cat", "dog")]
     assert sum(image.kind == "dog" for image in pets) >= 3  # darknet's dog and foolbox's dog samples
     top1 = predict_all(server, [file_body(image.path) for image in pets])
@@ -113,10 +127,49 @@ def test_mnist_held_out_accuracy(server):
     assert len(labels) == 1000 and accuracy >= MIN_MNIST_ACCURACY, f"held-out accuracy {accuracy:.3f}"
 
 
-# Measured on the 2-core Xeon (AMX) CPU tier: casting the whole network to bf16 flips one near tie
-# (fp32 gives dung beetle 0.448 vs ground beetle 0.409); amp_bf16 (autocast) keeps every top-1. The
-# test asserts exactly this change, so it fails if the step starts to agree or flips anything else.
-KNOWN_TOP1_CHANGES = {"cpu-bf16": [("imagenet_19_305.jpg", 305, 302)]}
+# A served top-1 may differ from fp32's only where its arithmetic is reduced and fp32 itself nearly tied:
+# fp32's probability of its own answer minus that of the served one below NEAR_TIE_MARGIN. Measured on the
+# 2-core Xeon (AMX) CPU tier: casting the whole network to bf16 flipped imagenet_19_305 (fp32: dung beetle
+# 0.448 vs ground beetle 0.409, a gap of 0.039) and nothing else; amp_bf16 kept every top-1. The same
+# rule judges every tier: on CUDA, fp32 convolutions run on TF32 (cudnn.allow_tf32, PyTorch's default).
+NEAR_TIE_MARGIN = 0.05
+REDUCED_PRECISIONS = ("tf32", "fp16", "bf16")
+
+
+def effective_precision(precision: str, device: str, cudnn_allow_tf32: bool) -> str:
+    """What the convolutions of a served step compute in: the step's precision, TF32 for fp32 on CUDA."""
+    from fixtures.roofline import kernel_peak_keys
+    from servers.classifier import compute_precision
+    from servers.runtime import device_type
+
+    return kernel_peak_keys(compute_precision(precision), device_type(device), cudnn_allow_tf32, False)["conv"]
+
+
+def judge_top1(precision: str, fp32_probs: list, served: list, names: list) -> tuple:
+    """(not allowed, allowed) top-1 changes, each (image, fp32 top-1, served top-1, fp32 gap)."""
+    wrong, near_ties = [], []
+    for name, probs, have in zip(names, fp32_probs, served):
+        want = max(range(len(probs)), key=probs.__getitem__)
+        if have == want:
+            continue
+        gap = probs[want] - probs[have]
+        change = (name, want, have, round(gap, 3))
+        (near_ties if precision in REDUCED_PRECISIONS and gap < NEAR_TIE_MARGIN else wrong).append(change)
+    return wrong, near_ties
+
+
+def test_the_top1_rule_allows_near_ties_under_reduced_precision_only():
+    probs = [[0.0] * 4 for _ in range(2)]
+    probs[0][1], probs[0][2] = 0.448, 0.409  # the measured near tie
+    probs[1][0], probs[1][3] = 0.9, 0.05
+    names = ["tie.jpg", "clear.jpg"]
+    assert judge_top1("bf16", probs, [2, 0], names) == ([], [("tie.jpg", 1, 2, 0.039)])
+    assert judge_top1("tf32", probs, [2, 0], names)[1]  # a GPU's fp32 convolutions
+    assert judge_top1("fp32", probs, [2, 0], names) == ([("tie.jpg", 1, 2, 0.039)], [])
+    assert judge_top1("bf16", probs, [1, 3], names) == ([("clear.jpg", 0, 3, 0.85)], [])
+    assert effective_precision("fp32", "cuda:0", cudnn_allow_tf32=True) == "tf32"
+    assert effective_precision("amp_bf16", "cpu", cudnn_allow_tf32=True) == "bf16"
+    assert effective_precision("fp32", "cpu", cudnn_allow_tf32=True) == "fp32"
 
 
 def _ladder_cases():
@@ -129,9 +182,29 @@ def _ladder_cases():
 
 
 @pytest.mark.parametrize("step, server", list(_ladder_cases()), indirect=["server"])
-def test_every_ladder_step_gives_the_fp32_top1(step, server, images, fp32_reference):
+def test_every_ladder_step_gives_the_fp32_top1(record_property, step, server, images, fp32_reference):
+    import torch
+
     top1 = predict_all(server, [file_body(image.path) for image in images])
-    got = [p["index"] for p in top1]
-    changed = [(image.path.name, want, have) for image, want, have in zip(images, fp32_reference, got) if want != have]
-    assert changed == KNOWN_TOP1_CHANGES.get(step, []), (
-        f"{step}: top-1 differs from fp32 on (image, fp32, served): {changed}; known: {KNOWN_TOP1_CHANGES.get(step, [])}")
+    precision = effective_precision(server.spec.option("precision"), server.spec.option("device"),
+                                    torch.backends.cudnn.allow_tf32)
+    wrong, near_ties = judge_top1(precision, fp32_reference, [p["index"] for p in top1], [i.path.name for i in images])
+    record_property("near_tie_flips", near_ties)  # allowed, and reported (junit XML, -rA)
+    if near_ties:
+        print(f"{step} ({precision}): near ties flipped, allowed (fp32 gap < {NEAR_TIE_MARGIN}): {near_ties}")
+    assert not wrong, (f"{step} ({precision}): top-1 differs from fp32 beyond a near tie on (image, fp32, served, "
+                       f"fp32 gap): {wrong}")
+
+
+def test_a_failing_photo_source_costs_its_photo_only(tmp_path, monkeypatch):
+    """No apt lists, a non-Debian runner, no network: collect() says which photo and why, never raises."""
+    from fixtures import images as images_module
+
+    def no_apt(target):
+        raise RuntimeError("`apt-get download darknet` fetched nothing (exit 100)")
+
+    monkeypatch.setitem(images_module.SOURCES, "dog.jpg", no_apt)
+    problems = images_module.collect(tmp_path)
+    assert len(problems) == 1 and problems[0].startswith("dog.jpg: not collected") and "apt-get" in problems[0]
+    assert images_module.missing_images(tmp_path) == ["dog.jpg"]
+    assert (tmp_path / "chelsea.png").exists() and len(images_module.real_images(tmp_path)) == 21

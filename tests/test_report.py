@@ -59,3 +59,12 @@ def test_ladder_table_is_steps_in_ladder_order_by_concurrency():
     assert lines[2].endswith("| no (c=1: errors) |")
     assert lines[3].startswith("| bf16 | 39.7 (0.50) | 165.0 (0.50) |") and lines[3].endswith("| yes |")
     assert len(lines) == 4
+
+
+def test_the_floors_table_counts_floored_figures_per_class():
+    from fixtures.report import floors_table
+
+    table = floors_table({"cpu/X/2c/amx": {"measured": "2026-11-23", "a": {"min_rps": 10.0, "min_api_over_direct": 0.5},
+                                           "b": {"min_rps": 20.0}}})
+    row = table.splitlines()[2]
+    assert row.startswith("| `cpu/X/2c/amx` | 2026-11-23 |") and "1 (0.5-0.5)" in row and "2 (10-20)" in row

@@ -147,3 +147,22 @@ def test_the_floors_file_parses_and_every_floor_says_where_it_came_from():
             assert {"machine", "measured", "margin"} <= entries.keys(), device_class
         for benchmark_id in benchmarks:
             assert find_floor(floors, device_class, benchmark_id).minimums
+
+
+def test_a10g_compute_peaks_are_unknown_not_borrowed_from_the_a10():
+    a10g = GPU_PEAKS["NVIDIA A10G"]
+    assert (a10g.fp32_tflops, a10g.tf32_tflops, a10g.bf16_tflops) == (None, None, None)
+    assert a10g.memory_bandwidth_gbs == 600 and "aws.amazon.com" in a10g.source
+
+
+def test_a_peak_is_the_best_of_its_repeats():
+    from fixtures.ceilings import best_time_per_call
+
+    durations = iter([0.0, 0.0, 0.0, 0.05, 0.0, 0.01, 0.0, 0.03])  # warm-ups and timed calls
+
+    def call():
+        import time
+
+        time.sleep(next(durations, 0.03))
+
+    assert best_time_per_call(call, "cpu", min_time_s=0.0, repeats=3) < 0.03

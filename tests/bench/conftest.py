@@ -1,6 +1,8 @@
 """Benchmark-only fixtures: ceilings measured before any server starts, the floors file, and the
 terminal table of req/s against ceilings."""
 
+from pathlib import Path
+
 import pytest
 
 from fixtures import ceilings as ceilings_module
@@ -12,7 +14,7 @@ from servers import classifier
 
 ROWS = pytest.StashKey[list]()
 FIGURES = pytest.StashKey[dict]()  # benchmark id -> extra_info, for the relations
-NO_FLOORS = pytest.StashKey[set]()  # machine classes that had no floors for a benchmark this session
+NO_FLOORS = pytest.StashKey[dict]()  # machine class -> benchmark ids that had no floor this session
 
 
 def _runnable_classifier_cases(session):
@@ -61,8 +63,9 @@ def harness_ceiling():
 
 
 @pytest.fixture(scope="session")
-def floors():
-    return load_floors()
+def floors(request):
+    path = request.config.getoption("--floors-file")
+    return load_floors(Path(path)) if path else load_floors()
 
 
 @pytest.fixture(scope="session")
@@ -85,22 +88,22 @@ def machine_class(request):
 
 
 @pytest.fixture
-def assert_floor(request, benchmark, floors, machine_class):
-    """check(benchmark_id, device, figures, ceilings): the floors of this machine's class, or a recorded
-    note that the class has none (the terminal summary then says how to calibrate it)."""
+def floor_failures(request, benchmark, floors, machine_class):
+    """check(benchmark_id, device, figures, ceilings) -> failure lines against the floors of this machine's
+    class ([] when they hold), or a recorded note that the class has none (the terminal summary then says
+    how to calibrate it)."""
     from fixtures.floors import check_floor, find_floor
     from servers.runtime import device_type
 
     def check(benchmark_id, device, figures, ceiling_view):
         if benchmark.disabled or request.config.getoption("--no-floors"):
-            return  # smoke pass (make test) or calibration: not measured enough for floors / making them
+            return []  # smoke pass (make test) or calibration: not measured enough for floors / making them
         cls = machine_class(device_type(device))
         floor = find_floor(floors, cls, benchmark_id)
         if floor is None:
-            request.config.stash.setdefault(NO_FLOORS, set()).add(cls)
-            return
-        failures = check_floor(floor, figures, ceiling_view)
-        assert not failures, "\n".join(failures)
+            request.config.stash.setdefault(NO_FLOORS, {}).setdefault(cls, []).append(benchmark_id)
+            return []
+        return check_floor(floor, figures, ceiling_view)
 
     return check
 
@@ -112,10 +115,10 @@ def pytest_terminal_summary(terminalreporter, config):
         for result in relations:
             terminalreporter.write_line(f"{result.status:9} {result.name}: {result.message}",
                                         red=result.status == "violated", yellow=result.status in ("recorded", "skipped"))
-    for cls in sorted(config.stash.get(NO_FLOORS, set())):
+    for cls, ids in sorted(config.stash.get(NO_FLOORS, {}).items()):
         terminalreporter.write_line(
-            f"machine class {cls!r} has no floors yet: figures recorded, ceiling sanity and relations asserted, "
-            f"floors not. Calibrate it with `make calibrate` and commit floors.toml.", yellow=True)
+            f"machine class {cls!r} has no floors yet for {len(ids)} benchmark(s): figures recorded, ceiling sanity "
+            f"and relations asserted, floors not. Calibrate it with `make calibrate` and commit floors.toml.", yellow=True)
     rows = config.stash.get(ROWS, [])
     if rows:
         terminalreporter.write_sep("-", "served throughput against its ceilings (req/s or tokens/s)")

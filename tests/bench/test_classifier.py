@@ -10,7 +10,7 @@ import pytest
 
 from fixtures.ceilings import efficiency
 from fixtures.client_ceiling import client_bound
-from fixtures.gpu import ThrottleSampler
+from fixtures.gpu import ThrottleSampler, nvml_required_failure
 from fixtures.utilisation import UtilisationSampler
 from fixtures.load import run_closed_loop
 from fixtures.metrics import coefficient_of_variation, error_breakdown, summarize, untrusted_reason
@@ -34,7 +34,7 @@ def _ms(seconds):
 
 @pytest.mark.benchmark(group="classifier")
 @pytest.mark.parametrize("tier, server, concurrency", list(_cases()), indirect=["server"])
-def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_ceiling, assert_floor, bench_rows,
+def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_ceiling, floor_failures, bench_rows,
                                figures_by_id, tier, server, concurrency):
     # The ceilings come before server in the signature: measured before any server starts.
     url = f"{server.url}/predict"
@@ -65,7 +65,7 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
         "round_cv": coefficient_of_variation(rps_per_round),
         "valid": invalid is None,
         "invalid_reason": invalid,
-        "gpu_throttle": throttle.problems if throttle.available else "no GPU",
+        **throttle.summary(),
         **utilisation.summary(),
         "latency_mean_ms": _ms(summary.latency_mean_s),
         "latency_p50_ms": _ms(summary.latency_p50_s),
@@ -102,11 +102,13 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
     assert invalid is None, (
         f"figures not trusted: {invalid}; errors {error_breakdown(results)}; server {server.state()}"
     )
+    nvml_failure = nvml_required_failure(throttle, request.config.getoption("--require-gpu")) if tier.device == "cuda" else None
+    assert nvml_failure is None, nvml_failure
     if benchmark.disabled:
         return  # smoke pass (make test): one unwarmed-by-rounds run, too noisy for floors or ceiling checks
     insane = ceiling_sanity(figures, {"direct": f"{ceilings.direct_rps:.4g} req/s (direct_rps)",
                                       "roofline": f"{ceilings.roofline_rps_measured} req/s (peaks {ceilings.peak_dtype})"})
-    assert not insane, f"{benchmark_id}: " + "; ".join(insane)
-    assert_floor(benchmark_id, spec.option("device"), figures,
-                 {"direct": ceilings.direct_rps, "roofline(measured)": ceilings.roofline_rps_measured,
-                  "roofline(datasheet)": ceilings.roofline_rps_datasheet})
+    below = floor_failures(benchmark_id, spec.option("device"), figures,
+                           {"direct": ceilings.direct_rps, "roofline(measured)": ceilings.roofline_rps_measured,
+                            "roofline(datasheet)": ceilings.roofline_rps_datasheet})
+    assert not insane + below, "\n".join([f"{benchmark_id}: {line}" for line in insane] + below)

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import SERVER_LOG_DIR
 from fixtures.ceilings import llm_ceilings
-from fixtures.gpu import ThrottleSampler
+from fixtures.gpu import ThrottleSampler, nvml_required_failure
 from fixtures.utilisation import UtilisationSampler
 from fixtures.metrics import coefficient_of_variation, untrusted_reason
 from fixtures.relations import ceiling_sanity
@@ -38,7 +38,7 @@ def _ms(seconds):
 
 @pytest.mark.benchmark(group="llm")
 @pytest.mark.parametrize("tier, server", list(_cases()), indirect=["server"])
-def test_llm_decode(request, benchmark, device_peaks, assert_floor, bench_rows, figures_by_id, tier, server):
+def test_llm_decode(request, benchmark, device_peaks, floor_failures, bench_rows, figures_by_id, tier, server):
     # device_peaks comes before server in the signature: measured before any server starts.
     spec = server.spec
     url = f"{server.url}/v1/chat/completions"
@@ -66,7 +66,7 @@ def test_llm_decode(request, benchmark, device_peaks, assert_floor, bench_rows, 
         "tokens_per_s_aggregate": summary.tokens_per_s,
         "tokens_per_s_per_round": per_round,
         "round_cv": coefficient_of_variation(per_round), "valid": invalid is None, "invalid_reason": invalid,
-        "gpu_throttle": throttle.problems if throttle.available else "no GPU",
+        **throttle.summary(),
         **utilisation.summary(),
         "ttft_mean_ms": _ms(summary.ttft_mean_s), "ttft_p50_ms": _ms(summary.ttft_p50_s), "ttft_p99_ms": _ms(summary.ttft_p99_s),
         "itl_mean_ms": _ms(summary.itl_mean_s), "itl_p50_ms": _ms(summary.itl_p50_s), "itl_p99_ms": _ms(summary.itl_p99_s),
@@ -98,11 +98,13 @@ def test_llm_decode(request, benchmark, device_peaks, assert_floor, bench_rows, 
 
     failed = [(r.status, r.error) for r in results if not r.ok][:3]
     assert invalid is None, f"figures not trusted: {invalid}; first failures {failed}; server {server.state()}"
+    nvml_failure = nvml_required_failure(throttle, request.config.getoption("--require-gpu")) if tier.device == "cuda" else None
+    assert nvml_failure is None, nvml_failure
     if benchmark.disabled:
         return  # smoke pass (make test): not measured enough for floors or ceiling checks
     insane = ceiling_sanity(figures, {"direct": f"{direct['direct_tokens_per_s']:.4g} tok/s (the worker's own generate)",
                                       "roofline": f"{ceilings['roofline_tokens_per_s_measured']} tok/s"})
-    assert not insane, f"{benchmark_id}: " + "; ".join(insane)
-    assert_floor(benchmark_id, tier.device, figures, {"direct": direct["direct_tokens_per_s"],
-                                                      "roofline(measured)": ceilings["roofline_tokens_per_s_measured"],
-                                                      "roofline(datasheet)": ceilings["roofline_tokens_per_s_datasheet"]})
+    below = floor_failures(benchmark_id, tier.device, figures, {"direct": direct["direct_tokens_per_s"],
+                                                               "roofline(measured)": ceilings["roofline_tokens_per_s_measured"],
+                                                               "roofline(datasheet)": ceilings["roofline_tokens_per_s_datasheet"]})
+    assert not insane + below, "\n".join([f"{benchmark_id}: {line}" for line in insane] + below)

@@ -1,0 +1,95 @@
+"""Each GPU-side decision as a pure function, its GPU branch exercised on a CPU machine (issue: GPU first
+contact). LitServe hands a worker f"{accelerator}:{index}", so every decision takes 'cuda:0'."""
+
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from servers.llm import GenerationFailed, compile_plan, needs_sync, stream_tokens
+from servers.llm_models import RECIPES, torchao_config
+from servers.runtime import device_type
+from servers.variants import llm_variants
+
+
+def test_litserve_s_device_string_is_cuda():
+    assert device_type("cuda:0") == device_type("cuda") == "cuda" and device_type("cpu") == "cpu"
+    assert needs_sync("cuda:0") and not needs_sync("cpu")
+
+
+def test_int4_on_a_litserve_cuda_worker_picks_the_cuda_config():
+    from torchao.quantization import Int4WeightOnlyConfig
+
+    config = torchao_config("int4wo", "cuda:0")  # building a config touches no GPU
+    assert isinstance(config, Int4WeightOnlyConfig) and str(config.int4_packing_format).endswith("tile_packed_to_4d")
+    assert type(torchao_config("int4wo", "cpu")).__name__ == "PrototypeInt4WeightOnlyConfig"
+
+
+def test_cuda_int4_needs_sm80_on_the_gpu_tier_only():
+    assert RECIPES["torchao_int4wo"].min_compute_capability == (8, 0)
+    gpu, cpu = llm_variants("gpu")["llm_torchao_int4wo"], llm_variants("cpu")["llm_torchao_int4wo"]
+    assert gpu.min_compute_capability == (8, 0) and cpu.min_compute_capability is None
+    assert "needs compute capability >= (8, 0), this GPU has (7, 5)" in gpu.capability_skip_reason(True, (7, 5))  # T4
+    assert gpu.capability_skip_reason(True, (8, 9)) is None and gpu.capability_skip_reason(False, None) is None
+    assert cpu.capability_skip_reason(True, (7, 5)) is None  # a CPU spec on a GPU machine is not the GPU's business
+
+
+def test_one_compile_chosen_on_purpose():
+    cuda = compile_plan("cuda:0", static_compile=True)
+    assert cuda["compile_mode"] == "reduce-overhead"  # CUDA graphs, ours
+    assert cuda["generate_kwargs"] == {"cache_implementation": "static", "disable_compile": True}  # not transformers'
+    assert compile_plan("cpu", True)["compile_mode"] == "default"
+    assert compile_plan("cuda:0", static_compile=False) == {"compile_mode": None, "generate_kwargs": {}}
+
+
+def test_transformers_honours_disable_compile():
+    """The flag compile_plan relies on: transformers' auto-compile check reads it first."""
+    import inspect
+
+    from transformers.generation.utils import GenerationMixin
+
+    source = inspect.getsource(GenerationMixin._valid_auto_compile_criteria)
+    assert "disable_compile" in source.split("valid_hardware")[0]
+
+
+def test_generation_runs_on_one_long_lived_thread():
+    executor = ThreadPoolExecutor(1)
+    seen = set()
+
+    def generate(streamer):
+        seen.add(threading.get_ident())
+        streamer.put(None)  # the prompt, skipped
+        for token in (5, 6):
+            streamer.queue.put(token)
+        streamer.end()
+
+    for _ in range(3):
+        assert list(stream_tokens(executor, generate, 5)) == [5, 6]
+    assert len(seen) == 1 and threading.get_ident() not in seen
+
+
+def test_an_exception_in_generation_ends_the_stream_with_an_error_not_a_hang():
+    executor = ThreadPoolExecutor(1)
+
+    def generate(streamer):
+        streamer.queue.put(7)
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    start = time.monotonic()
+    got = []
+    with pytest.raises(GenerationFailed, match="device-side assert"):
+        for token in stream_tokens(executor, generate, timeout_s=30):
+            got.append(token)
+    assert got == [7] and time.monotonic() - start < 5
+    # The thread is still there for the next request.
+    assert list(stream_tokens(executor, lambda s: s.end(), timeout_s=5)) == []
+
+
+def test_a_generation_that_stalls_ends_with_an_error_at_the_token_timeout():
+    executor = ThreadPoolExecutor(1)
+    release = threading.Event()
+    with pytest.raises(GenerationFailed, match="no token for 0.2 s"):
+        list(stream_tokens(executor, lambda s: release.wait(5), timeout_s=0.2))
+    release.set()
