@@ -82,3 +82,14 @@ def test_writing_merges_with_other_classes_and_keeps_provenance(tmp_path):
 def test_the_floors_file_keys_every_class_by_a_machine_class():
     for name in load_floors():
         assert name.startswith(("cpu/", "gpu/")), f"floors.toml class {name!r} is not a machine class"
+
+
+def test_an_update_replaces_only_the_remeasured_benchmarks_and_says_so():
+    existing = merge_floors({}, "cpu/A/2c/avx2", {"a": {"min_rps": 1.0}, "b": {"min_rps": 2.0}},
+                            {"machine": "m", "measured": "d1", "commit": "c1", "runs": ["1"], "margin": "30%"})
+    updated = merge_floors(existing, "cpu/A/2c/avx2", {"b": {"min_rps": 3.0}},
+                           {"machine": "m", "measured": "d2", "commit": "c2", "runs": ["7", "8"], "margin": "30%"}, update=True)
+    table = updated["cpu/A/2c/avx2"]
+    assert table["a"] == {"min_rps": 1.0} and table["b"] == {"min_rps": 3.0} and table["commit"] == "c1"
+    assert table["updates"] == ["d2: b from commit c2, runs 7, 8, 30%"]
+    assert find_floor(updated, "cpu/A/2c/avx2", "a").provenance["updates"] == table["updates"]

@@ -166,3 +166,11 @@ def test_a_peak_is_the_best_of_its_repeats():
         time.sleep(next(durations, 0.03))
 
     assert best_time_per_call(call, "cpu", min_time_s=0.0, repeats=3) < 0.03
+
+
+def test_the_direct_ceiling_is_measured_at_the_server_s_max_batch_size():
+    from fixtures.ceilings import ceiling_batch_sizes
+
+    assert ceiling_batch_sizes((1, 8), 4) == [1, 4]  # maxbatch_4: was [1] only
+    assert ceiling_batch_sizes((1, 8), 16) == [1, 8, 16]
+    assert ceiling_batch_sizes((1, 8), 1) == [1] and ceiling_batch_sizes((1, 8, 32, 64, 128), 64) == [1, 8, 32, 64]

@@ -16,6 +16,7 @@ from fixtures.load import run_closed_loop
 from fixtures.metrics import coefficient_of_variation, error_breakdown, summarize, untrusted_reason
 from fixtures.images import payload_description, real_image_bodies
 from fixtures.relations import ceiling_sanity
+from servers.runtime import device_type
 from servers import classifier
 from servers.variants import CLASSIFIER_TIERS, classifier_specs
 
@@ -34,8 +35,8 @@ def _ms(seconds):
 
 @pytest.mark.benchmark(group="classifier")
 @pytest.mark.parametrize("tier, server, concurrency", list(_cases()), indirect=["server"])
-def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_ceiling, floor_failures, bench_rows,
-                               figures_by_id, tier, server, concurrency):
+def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_ceiling, floor_failures, machine_class,
+                               bench_rows, figures_by_id, tier, server, concurrency):
     # The ceilings come before server in the signature: measured before any server starts.
     url = f"{server.url}/predict"
     served = classifier.config_from_args(classifier.spec_args(server.spec))
@@ -111,4 +112,5 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
     below = floor_failures(benchmark_id, spec.option("device"), figures,
                            {"direct": ceilings.direct_rps, "roofline(measured)": ceilings.roofline_rps_measured,
                             "roofline(datasheet)": ceilings.roofline_rps_datasheet})
-    assert not insane + below, "\n".join([f"{benchmark_id}: {line}" for line in insane] + below)
+    where = f"{benchmark_id} on machine class {machine_class(device_type(spec.option('device')))!r}"
+    assert not insane + below, "\n".join([f"{where}: {line}" for line in insane] + below)

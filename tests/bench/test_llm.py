@@ -17,6 +17,7 @@ from fixtures.gpu import ThrottleSampler, nvml_required_failure
 from fixtures.utilisation import UtilisationSampler
 from fixtures.metrics import coefficient_of_variation, untrusted_reason
 from fixtures.relations import ceiling_sanity
+from servers.runtime import device_type
 from fixtures.roofline import ratio
 from fixtures.stream import run_sequential_streams, summarize_streams
 from servers.llm import BENCH_MESSAGES
@@ -38,7 +39,7 @@ def _ms(seconds):
 
 @pytest.mark.benchmark(group="llm")
 @pytest.mark.parametrize("tier, server", list(_cases()), indirect=["server"])
-def test_llm_decode(request, benchmark, device_peaks, floor_failures, bench_rows, figures_by_id, tier, server):
+def test_llm_decode(request, benchmark, device_peaks, floor_failures, machine_class, bench_rows, figures_by_id, tier, server):
     # device_peaks comes before server in the signature: measured before any server starts.
     spec = server.spec
     url = f"{server.url}/v1/chat/completions"
@@ -107,4 +108,5 @@ def test_llm_decode(request, benchmark, device_peaks, floor_failures, bench_rows
     below = floor_failures(benchmark_id, tier.device, figures, {"direct": direct["direct_tokens_per_s"],
                                                                "roofline(measured)": ceilings["roofline_tokens_per_s_measured"],
                                                                "roofline(datasheet)": ceilings["roofline_tokens_per_s_datasheet"]})
-    assert not insane + below, "\n".join([f"{benchmark_id}: {line}" for line in insane] + below)
+    where = f"{benchmark_id} on machine class {machine_class(device_type(tier.device))!r}"
+    assert not insane + below, "\n".join([f"{where}: {line}" for line in insane] + below)
