@@ -93,3 +93,23 @@ def test_a_generation_that_stalls_ends_with_an_error_at_the_token_timeout():
     with pytest.raises(GenerationFailed, match="no token for 0.2 s"):
         list(stream_tokens(executor, lambda s: release.wait(5), timeout_s=0.2))
     release.set()
+
+
+def test_the_datasheet_row_of_a_mapped_cuda_device():
+    from fixtures.ceilings import datasheet_for
+
+    name, sheet, status = datasheet_for({"cuda_index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.6})
+    assert status == "known" and sheet["bf16_tflops"] == 989.5
+    assert datasheet_for({"cuda_index": 0, "name": "NVIDIA B300", "memory_gib": 270.0})[2].startswith("unknown: unknown GPU")
+    assert datasheet_for({"cuda_index": 1, "name": None})[:2] == ("cuda device 1", None)  # no NVML: measured peaks only
+
+
+def test_gpu_smoke_touches_each_precision_once_and_every_llm_recipe():
+    from servers.variants import classifier_variants, gpu_smoke_ids, llm_variants
+
+    ids = gpu_smoke_ids()
+    steps = classifier_variants("gpu")
+    chosen = {i[len("gpu-"):-len("-c8")] for i in ids if i.endswith("-c8")}
+    assert {steps[s].option("precision") for s in chosen} == {spec.option("precision") for spec in steps.values()}
+    assert {"compile", "pinned"} <= chosen and all(i.endswith("-c8") or "llm" in i for i in ids)
+    assert {spec.name for spec in llm_variants("gpu").values()} <= ids
