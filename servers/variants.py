@@ -54,9 +54,10 @@ class ClassifierTier:
     input_size: int
     threads: int  # torch threads per inference worker
     concurrency: tuple  # closed-loop concurrency levels measured per variant
-    direct_batch_sizes: tuple  # batch sizes of the in-process direct-throughput ceiling
     requests_per_round: int  # at least; see round_requests
-    rounds: int
+    rounds: int  # the figure is taken over this many consecutive rounds that agree ...
+    max_round_cv: float  # ... within this coefficient of variation ...
+    max_rounds: int  # ... found within this many rounds, or the run is invalid (fixtures/rounds.py)
     batched_max_batch_size: int
     batched_timeout_s: float
     batched_workers: int
@@ -77,8 +78,9 @@ CLASSIFIER_TIERS = {
     # 2-core CPU: server workers and the load generator share the cores, so each worker runs one
     # torch thread (the default of two was 3-13x slower, ../shared/NOTES-stack.md).
     "cpu": ClassifierTier(
-        device="cpu", model="resnet18", input_size=112, threads=1, concurrency=(1, 8), direct_batch_sizes=(1, 8),
-        requests_per_round=48, rounds=3, batched_max_batch_size=8, batched_timeout_s=0.01, batched_workers=2,
+        device="cpu", model="resnet18", input_size=112, threads=1, concurrency=(1, 8),
+        # Rounds: the 2-core machine's rounds of one run varied by 1-8% (CV); perf_analyzer's rule is 10%.
+        requests_per_round=48, rounds=3, max_round_cv=0.10, max_rounds=8, batched_max_batch_size=8, batched_timeout_s=0.01, batched_workers=2,
         decode_threads=2, timeouts_ms=(2, 50), max_batch_sizes=(4, 16),
         # Measured on the 2-core CPU (2026-11-23): compile 30/46 req/s with round CV 0.69 against 118 for
         # batch_workers; channels_last 116-120 against 110-122 and amp_fp16 78-85 (three runs, real photos).
@@ -88,7 +90,7 @@ CLASSIFIER_TIERS = {
     ),
     "gpu": ClassifierTier(
         device="cuda", model="resnet50", input_size=224, threads=2, concurrency=(1, 8, 32, 64, 128, 256),
-        direct_batch_sizes=(1, 8, 32, 64, 128), requests_per_round=512, waves_per_round=16, rounds=5, batched_max_batch_size=64, batched_timeout_s=0.005, batched_workers=4,
+        requests_per_round=512, waves_per_round=16, rounds=3, max_round_cv=0.05, max_rounds=10, batched_max_batch_size=64, batched_timeout_s=0.005, batched_workers=4,
         decode_threads=8, timeouts_ms=(1, 20), max_batch_sizes=(16, 128), dropped_steps=(),
         model_presets=("resnet18", "resnet50", "mambaout_base", "efficientnet_lite0"),
     ),
@@ -178,15 +180,19 @@ class LLMTier:
     threads: int
     max_new_tokens: int
     requests_per_round: int
-    rounds: int
+    rounds: int  # rounds that must agree within max_round_cv, found within max_rounds (fixtures/rounds.py)
+    max_round_cv: float
+    max_rounds: int
     recipes: tuple  # keys of servers.llm_models.RECIPES
 
 
 LLM_TIERS = {
     # torchao_float8 needs a GPU (compute capability >= 8.9): only the GPU tier has it.
     "cpu": LLMTier(device="cpu", model="smollm2-135m", threads=1, max_new_tokens=32, requests_per_round=2, rounds=3,
+                   max_round_cv=0.10, max_rounds=6,
                    recipes=("eager_bf16", "static_compile", "torchao_int8wo", "torchao_int4wo")),
-    "gpu": LLMTier(device="cuda", model="smollm2-1.7b", threads=4, max_new_tokens=128, requests_per_round=3, rounds=5,
+    "gpu": LLMTier(device="cuda", model="smollm2-1.7b", threads=4, max_new_tokens=128, requests_per_round=3, rounds=3,
+                   max_round_cv=0.05, max_rounds=10,
                    recipes=("eager_bf16", "static_compile", "torchao_int8wo", "torchao_int4wo", "torchao_float8")),
 }
 
@@ -227,6 +233,11 @@ class LoadModelTier:
     fastapi_n: tuple  # concurrent requests, as seed 004
     litserve_max_batch_size: int
     litserve_batch_timeout_s: float
+    soak_seconds: float = 120.0  # make bench's soak; the smoke pass (make test) soaks soak_smoke_seconds
+    soak_smoke_seconds: float = 6.0
+    soak_chunk_seconds: float = 3.0  # the server's RSS is read between chunks
+    soak_fraction: float = 0.8  # of the knee (max_rate_at_slo)
+    soak_max_rss_growth_mib: float = 64.0  # RSS growth from the first chunk to the last above this: a leak
 
 
 LOAD_MODEL_TIERS = {

@@ -68,6 +68,21 @@ def test_response_is_top_k_softmax_with_labels(classifier):
     assert [p["label"] for p in predictions] == [f"label-{p['index']}" for p in predictions]
 
 
+def test_the_server_reports_the_batch_sizes_its_workers_ran(classifier):
+    from fixtures.metrics import batch_size_delta, mean_batch_size
+    from servers.classifier import STATS_PATH
+
+    body = classifier_body(synthetic_image(SIZE))
+    before = classifier.get_json(STATS_PATH)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = [status for status, _ in pool.map(lambda _: post(f"{classifier.url}/predict", body), range(8))]
+    assert statuses == [200] * 8
+    delta = batch_size_delta(before, classifier.get_json(STATS_PATH))
+    assert sum(int(size) * n for size, n in delta["0"].items()) == 8  # every request, in exactly one batch
+    assert set(delta["0"]) <= {"1", "2", "3", "4"}  # never above max_batch_size
+    assert mean_batch_size(delta) > 1  # eight at once shared batches (50 ms batch timeout)
+
+
 def test_batched_answers_match_the_model_in_process(classifier, weights):
     model, _ = weights
     bodies = [classifier_body(synthetic_image(SIZE, seed)) for seed in range(8)]

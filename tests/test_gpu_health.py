@@ -90,3 +90,37 @@ def test_memory_wait_returns_when_memory_is_back_or_the_excess_at_the_deadline()
     assert gpu.wait_for_memory(lambda: next(readings), baseline=400, tolerance_bytes=16, timeout_s=5, poll_s=0) is None
     assert gpu.wait_for_memory(lambda: 1400, baseline=400, tolerance_bytes=16, timeout_s=0.05, poll_s=0.01) == 1000
     assert gpu.wait_for_memory(lambda: 1400, baseline=None, tolerance_bytes=16, timeout_s=5) is None  # no GPU
+
+
+def test_an_unreadable_nvml_fails_under_require_gpu_and_is_a_recorded_warning_elsewhere():
+    """NVML errors were swallowed (gpu_memory_used, the utilisation sampler): the leak check and GPU % went
+    missing without a word."""
+    def broken():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+
+    used, problem = gpu.gpu_memory_reading(gpu_expected=True, read=broken)
+    assert used is None and "NVMLError" in problem
+    assert gpu.gpu_memory_reading(gpu_expected=False) == (None, None)  # no GPU: nothing to read, nothing wrong
+    failure, warning = gpu.nvml_outcome(problem, require_gpu=True, what="memory before start")
+    assert failure.startswith("--require-gpu: memory before start: NVML could not be read") and warning is None
+    failure, warning = gpu.nvml_outcome(problem, require_gpu=False, what="memory before start")
+    assert failure is None and "NVML could not be read" in warning
+    assert gpu.nvml_outcome(None, require_gpu=True, what="x") == (None, None)
+
+
+def test_a_utilisation_sampler_whose_nvml_call_raises_records_why_and_fails_under_require_gpu():
+    from fixtures.utilisation import UtilisationSampler
+
+    class BrokenNvml:
+        @staticmethod
+        def nvmlDeviceGetUtilizationRates(handle):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+
+    sampler = UtilisationSampler(lambda: set(), interval_s=0.01)
+    sampler._nvml = (BrokenNvml, None)
+    assert sampler._gpu_percent() is None
+    assert "NVML call failed mid-window" in sampler.nvml_problem and sampler._nvml is None
+    throttle = gpu.ThrottleSampler(read_mask=lambda: 0)
+    throttle.available = True
+    assert "GPU utilisation not sampled" in gpu.nvml_required_failure(throttle, True, sampler)
+    assert gpu.nvml_required_failure(throttle, False, sampler) is None

@@ -95,15 +95,22 @@ def test_runs_of_another_machine_are_never_compared(tmp_path, real_run):
     assert len(cpu_runs) == 4 and detect_changes(cpu_runs) == []
 
 
-def test_a_driver_change_is_shown_not_judged(tmp_path, real_run):
+def test_a_regression_after_a_package_upgrade_is_reported_beside_the_upgrade_not_silenced(tmp_path, real_run):
+    """An environment change used to turn every regression into 'environment changed', and the GPU workflow
+    installs unpinned packages: a real regression shipped with an upgrade was never reported."""
     write_history(tmp_path, real_run, [100, 100, 100, 70])
     newest = sorted(tmp_path.glob("*/*.json"))[-1]
     run = json.loads(newest.read_text())
+    old_torch = run["machine_info"]["packages"]["torch"]
     run["machine_info"]["packages"]["torch"] = "9.9.9"
     newest.write_text(json.dumps(run))
-    changes = detect_changes(load_history(tmp_path))
-    assert changes and all(c.verdict == "changed (environment changed)" for c in changes)
-    assert regressions(changes) == []
+    runs = load_history(tmp_path)
+    changes = detect_changes(runs)
+    assert changes and all(c.verdict == "REGRESSION" for c in changes)
+    assert regressions(changes) == changes
+    assert all(c.environment_change == f"torch {old_torch} -> 9.9.9" for c in changes)
+    table = format_changes(changes, runs)
+    assert "REGRESSION" in table and f"torch {old_torch} -> 9.9.9" in table
 
 
 def test_one_earlier_run_is_not_enough_to_judge(tmp_path, real_run):

@@ -6,7 +6,7 @@ import threading
 import pytest
 from aiohttp import web
 
-from fixtures.load import closed_loop, run_closed_loop
+from fixtures.load import WRONG_ANSWER, LoadClient, run_closed_loop
 from fixtures.server import LOOPBACK, free_port
 
 
@@ -91,4 +91,26 @@ def test_timeout_is_recorded(stub):
 
 def test_bad_arguments():
     with pytest.raises(ValueError):
-        asyncio.run(closed_loop("http://127.0.0.1:1/", [b"{}"], num_requests=0, concurrency=1))
+        run_closed_loop("http://127.0.0.1:1/", [b"{}"], num_requests=0, concurrency=1)
+
+
+def test_a_200_with_a_wrong_answer_is_a_wrong_answer_not_a_success(stub):
+    """Any 2xx used to count as success: a server answering garbage passed every benchmark."""
+    def check(index, payload):
+        return None if index == 0 else f"body {index}: not the answer expected"
+
+    run = run_closed_loop(stub.url, [b"{}", b"{}"], num_requests=4, concurrency=1, check=check)
+    assert [r.ok for r in run.results] == [True, False, True, False]
+    wrong = [r for r in run.results if not r.ok]
+    assert all(r.kind == WRONG_ANSWER and r.status == 200 and "not the answer" in r.error for r in wrong)
+    assert all(r.check_s > 0 for r in run.results)  # the check's client cost is recorded per request
+
+
+def test_warm_up_opens_the_connections_the_rounds_use(stub):
+    """One session across warm-up and rounds: the measured rounds open no connection of their own."""
+    with LoadClient(stub.url, [b"{}"], concurrency=4) as client:
+        warmup = client.closed_loop(8)
+        rounds = [client.closed_loop(20) for _ in range(3)]
+    assert warmup.connections_opened == 4
+    assert [r.connections_opened for r in rounds] == [0, 0, 0]
+    assert all(r.ok for run in rounds for r in run.results)

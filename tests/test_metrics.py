@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from fixtures.load import RequestResult
+from fixtures.load import HTTP_ERROR, TRANSPORT, WRONG_ANSWER, RequestResult
 from fixtures.metrics import error_breakdown, percentile, summarize
 
 
@@ -11,7 +11,7 @@ def ok(latency):
 
 
 def failed(status=500, error="Internal server error"):
-    return RequestResult(ok=False, status=status, latency_s=0.5, error=error)
+    return RequestResult(ok=False, status=status, latency_s=0.5, error=error, kind=HTTP_ERROR if status else TRANSPORT)
 
 
 def test_percentile_interpolates_between_ranks():
@@ -51,7 +51,8 @@ def test_summarize_counts_errors_and_excludes_them_from_latency():
     assert s.rps == 2.0  # successes only
     assert s.latency_mean_s == pytest.approx(0.2)
     assert s.latency_max_s == 0.3
-    assert error_breakdown(results) == {"500: Internal server error": 1, "0: ClientConnectorError": 1}
+    assert error_breakdown(results) == {"http_error 500: Internal server error": 1,
+                                       "transport 0: ClientConnectorError": 1}
 
 
 def test_summarize_all_failed_has_no_latency():
@@ -79,3 +80,14 @@ def test_coefficient_of_variation_and_trust():
     assert untrusted_reason(2, 0.05) == "2 request(s) failed"
     assert "coefficient of variation 0.40 > 0.25" in untrusted_reason(0, 0.40)
     assert MAX_ROUND_CV == 0.25
+
+
+def test_wrong_answers_are_counted_apart_and_make_the_run_untrusted():
+    from fixtures.metrics import untrusted_reason
+
+    wrong = RequestResult(ok=False, status=200, latency_s=0.01, error="top-1 281, expected 207", kind=WRONG_ANSWER, check_s=2e-5)
+    s = summarize([ok(0.01), wrong, failed()], wall_s=1.0)
+    assert s.errors == 2 and s.wrong_answers == 1 and s.rps == 1.0
+    assert s.check_ms_per_request == pytest.approx(0.02 / 3)
+    assert error_breakdown([wrong]) == {"wrong_answer 200: top-1 281, expected 207": 1}
+    assert untrusted_reason(s.errors, 0.0, wrong_answers=s.wrong_answers) == "1 wrong answer(s) among 2 failed request(s)"

@@ -5,8 +5,8 @@ import statistics
 import pytest
 
 from fixtures.client_ceiling import client_bound
-from fixtures.load import RequestResult, arrival_schedule, run_open_loop
-from fixtures.metrics import goodput, late_count, llm_goodput, max_rate_at_slo
+from fixtures.load import RequestResult, arrival_schedule, run_closed_loop, run_open_loop
+from fixtures.metrics import goodput, late_count, llm_goodput, max_rate_at_slo, summarize
 from fixtures.stream import StreamResult
 from tests.test_load import stub  # noqa: F401  (the in-process aiohttp stub server fixture)
 
@@ -45,10 +45,59 @@ def test_open_loop_sends_on_schedule_and_times_from_it(stub):  # noqa: F811
     assert late_count(run.results) <= 2  # an idle client keeps to its schedule
 
 
-def test_latency_counts_client_side_queueing():
-    """A request sent 30 ms late that took 10 ms has a latency of 40 ms from its schedule."""
-    late = RequestResult(True, 200, latency_s=0.040, late_s=0.030)
-    assert late_count([late, RequestResult(True, 200, 0.01)]) == 1
+@pytest.fixture
+def stalling_server():
+    """An aiohttp server on loopback that answers in about 1 ms, except that once, at its 100th request,
+    it stalls for 200 ms (its event loop blocked, like a GC pause or a stuck worker)."""
+    import asyncio
+    import threading
+    import time
+
+    from aiohttp import web
+
+    from fixtures.server import LOOPBACK, free_port
+
+    state = {"requests": 0}
+
+    async def handle(request):
+        await request.read()
+        state["requests"] += 1
+        if state["requests"] == 100:
+            time.sleep(0.2)  # blocks every request this server holds, not only this one
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/predict", handle)
+    port, loop = free_port(), asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, LOOPBACK, port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def restart_count():
+        state["requests"] = 0
+
+    yield f"http://{LOOPBACK}:{port}/predict", restart_count
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+
+
+def test_a_200_ms_stall_shows_in_the_open_loop_p99_and_not_in_the_closed_loop_s(stalling_server):
+    """Coordinated omission, for real: a closed loop waits for the stalled server and sends nothing meanwhile,
+    so one slow request hides in its p99; an open loop keeps its schedule, and every request scheduled
+    during the stall is late by up to 200 ms, counted from its scheduled time."""
+    url, restart_count = stalling_server
+    closed = summarize(run_closed_loop(url, [b"{}"], num_requests=300, concurrency=1).results, 1.0)
+    restart_count()
+    schedule = arrival_schedule(rate=200.0, count=300, seed=0)
+    run = run_open_loop(url, [b"{}"], schedule)
+    opened = summarize(run.results, run.wall_s)
+    assert closed.errors == 0 and opened.errors == 0
+    assert closed.latency_max_s >= 0.2  # the stall happened in the closed loop too ...
+    assert closed.latency_p99_s < 0.05  # ... and its p99 does not show it
+    assert opened.latency_p99_s >= 0.1  # ~40 requests were scheduled during the stall: p99 shows it
 
 
 def test_goodput_maths():
@@ -73,13 +122,33 @@ def test_knee_search_finds_the_highest_rate_meeting_the_slo():
         return 0.05 if rate <= 70 else 0.5
 
     found = max_rate_at_slo(p99, low=10, high=130, slo_s=0.1, iterations=6)
-    assert 68 <= found <= 70
-    assert len(calls) == 8  # low, high, 6 bisections: bounded
-    assert max_rate_at_slo(lambda r: 1.0, 10, 100, 0.1) is None
-    assert max_rate_at_slo(lambda r: 0.01, 10, 100, 0.1) == 100
-    assert max_rate_at_slo(lambda r: None, 10, 100, 0.1) is None  # failed requests never meet an SLO
+    assert 68 <= found.rate <= 70 < found.first_miss <= 72 and found.problem is None
+    assert found.p99_by_rate[found.rate] <= 0.1 < found.p99_by_rate[found.first_miss]
+    assert len(calls) == len(found.p99_by_rate) == 8  # low, high, 6 bisections: bounded
+
+
+def test_a_knee_search_that_hits_an_end_of_its_range_says_which():
+    """The search used to return None or `high` and the benchmark asserted only how many rates it tried."""
+    below = max_rate_at_slo(lambda r: 1.0, 10, 100, 0.1)
+    assert below.rate is None and "below the search range" in below.problem and "1000.0 ms" in below.problem
+    above = max_rate_at_slo(lambda r: 0.01, 10, 100, 0.1)
+    assert above.rate == 100 and above.first_miss is None and "above the search range" in above.problem
+    failing = max_rate_at_slo(lambda r: None, 10, 100, 0.1)  # failed requests never meet an SLO
+    assert failing.rate is None and "failed requests" in failing.problem
 
 
 def test_client_bound_flag():
     assert client_bound(8000.0, client_ceiling_rps=10000.0)  # above 70% of what the client can send
     assert not client_bound(500.0, client_ceiling_rps=10000.0)
+
+
+def test_each_concurrency_is_flagged_against_the_client_s_ceiling_at_that_concurrency():
+    """client_bound compared every level with the c=8 ceiling: a c=1 run at 900 req/s against a client that
+    sends 1,000 req/s at c=1 (but 4,000 at c=8) is client-bound."""
+    from fixtures.client_ceiling import client_figures
+
+    ceiling = {"bare_aiohttp_rps": {1: 1000.0, 8: 4000.0}, "litserve_noop_rps": {1: 500.0, 8: 1500.0}}
+    at_one = client_figures(ceiling, 1, rps=900.0)
+    assert at_one["client_bound"] and at_one["client_ceiling_rps"] == 1000.0 and at_one["client_ceiling_concurrency"] == 1
+    assert not client_figures(ceiling, 8, rps=900.0)["client_bound"]
+    assert client_figures(ceiling, 0, rps=900.0)["client_ceiling_concurrency"] == 8  # open loop: the highest level

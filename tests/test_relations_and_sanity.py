@@ -15,7 +15,8 @@ from fixtures.server import REPO_ROOT
 
 def ceilings(direct_rps, roofline_rps=400.0) -> ClassifierCeilings:
     return ClassifierCeilings(
-        direct_rps_by_batch={1: direct_rps / 2}, direct_threads=1, direct_parallel_workers=2, direct_rps=direct_rps,
+        direct_rps_by_batch={8: direct_rps}, direct_threads=1, direct_parallel_workers=1, direct_max_batch_size=8,
+        direct_rps_best=direct_rps,
         peak_dtype={"conv": "fp32", "matmul": "fp32"}, flops_per_sample=1e9, flops_by_kernel={"conv": 1e9, "matmul": 0},
         weight_bytes=1, bytes_per_sample=1.0, compute_roofline_rps_measured=roofline_rps, compute_roofline_rps_datasheet=None,
         memory_roofline_rps_measured=None, memory_roofline_rps_datasheet=None, roofline_rps_measured=roofline_rps,
@@ -24,16 +25,16 @@ def ceilings(direct_rps, roofline_rps=400.0) -> ClassifierCeilings:
 
 def test_a_direct_ceiling_measured_at_a_tenth_of_its_speed_fails_the_sanity_check():
     served = 90.0
-    true = {**efficiency(served, ceilings(180.0)), "round_cv": 0.03}
+    true = {**efficiency(served, ceilings(180.0), 8), "round_cv": 0.03}
     assert ceiling_sanity(true, {"direct": "180 req/s"}) == []
-    broken = {**efficiency(served, ceilings(18.0)), "round_cv": 0.03}  # a fake direct ceiling at a tenth
+    broken = {**efficiency(served, ceilings(18.0), 8), "round_cv": 0.03}  # a fake direct ceiling at a tenth
     failures = ceiling_sanity(broken, {"direct": "18 req/s (direct_rps)"})
     assert len(failures) == 1 and "served/direct = 5.000" in failures[0] and "18 req/s (direct_rps) is wrong" in failures[0]
 
 
 def test_a_peak_below_the_model_s_own_speed_fails_the_sanity_check():
     # The AMD EPYC case: fp16 direct 11.2 req/s against a matmul-probe roofline of 1.17.
-    figures = {**efficiency(10.5, ceilings(11.2, roofline_rps=1.17)), "round_cv": 0.02}
+    figures = {**efficiency(10.5, ceilings(11.2, roofline_rps=1.17), 8), "round_cv": 0.02}
     failures = ceiling_sanity(figures, {"roofline": "1.17 req/s"})
     assert any("direct/roofline = 9.573" in f and "1.17 req/s is wrong" in f for f in failures)
 

@@ -182,3 +182,28 @@ def test_a_server_dying_mid_load_gives_errors_and_its_exit_not_a_hang(tmp_path):
     finally:
         server.stop()
     assert not server.alive_pids()
+
+
+def test_teardown_never_signals_a_recycled_pid(tmp_path):
+    """Teardown killed pids it remembered: a pid recycled by another program after the server's process
+    ended would have been SIGKILLed. Processes are remembered with their create time (psutil)."""
+    import psutil
+
+    from fixtures.server import RunningServer
+
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    server_main = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    server_main.wait()
+    try:
+        recycled = psutil.Process(bystander.pid)
+        # As if the server once had a worker with this pid, created at another time: the same number, another process.
+        recycled._ident = (bystander.pid, recycled._ident[1] - 1000.0)
+        server = RunningServer(spec=ServerSpec(name="gone", module="servers.noop"), port=0, process=server_main,
+                               log_path=tmp_path / "none.log", known={bystander.pid: recycled})
+        assert server.alive_pids() == set()  # not ours: not counted as a survivor either
+        server.stop(grace_s=1)
+        time.sleep(0.2)
+        assert bystander.poll() is None, "teardown signalled a process that only shared a pid with the server's"
+    finally:
+        bystander.kill()
+        bystander.wait()

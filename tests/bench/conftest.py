@@ -17,6 +17,13 @@ FIGURES = pytest.StashKey[dict]()  # benchmark id -> extra_info, for the relatio
 NO_FLOORS = pytest.StashKey[dict]()  # machine class -> benchmark ids that had no floor this session
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    from fixtures.ordering import one_server_per_spec_order
+
+    items[:] = one_server_per_spec_order(items)
+
+
 def _runnable_classifier_cases(session):
     for item in session.items:
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -40,7 +47,7 @@ def classifier_ceilings(request):
         args = classifier.spec_args(spec)  # the direct ceiling builds exactly the served model
         found[spec.name] = ceilings_module.classifier_ceilings(
             classifier.config_from_args(args), args.device, args.max_batch_size, args.workers_per_device,
-            tier.direct_batch_sizes, min_time_s,
+            tier.concurrency, min_time_s,
         )
     return found
 
@@ -53,13 +60,17 @@ def device_peaks():
 
 
 @pytest.fixture(scope="session")
-def harness_ceiling():
-    """The load generator's own ceiling (bare aiohttp) and LitServe's with no model, at c=8, measured
-    before any benchmarked server starts."""
+def harness_ceiling(request):
+    """The load generator's own ceiling (bare aiohttp) and LitServe's with no model, at every closed-loop
+    concurrency of the session's benchmarks, measured before any benchmarked server starts."""
     from conftest import SERVER_LOG_DIR
-    from fixtures.client_ceiling import client_ceiling
+    from fixtures.client_ceiling import SESSION_CLIENT_CEILING, client_ceiling
 
-    return client_ceiling(SERVER_LOG_DIR)
+    levels = {getattr(getattr(item, "callspec", None), "params", {}).get("concurrency") for item in request.session.items}
+    levels = tuple(sorted(level for level in levels if isinstance(level, int))) or (8,)
+    found = client_ceiling(SERVER_LOG_DIR, levels)
+    request.config.stash[SESSION_CLIENT_CEILING] = found
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,13 @@ from conftest import SERVER_LOG_DIR
 from fixtures.ceilings import llm_ceilings
 from fixtures.gpu import ThrottleSampler, nvml_required_failure
 from fixtures.utilisation import UtilisationSampler
-from fixtures.metrics import coefficient_of_variation, untrusted_reason
+from fixtures.answers import llm_check
+from fixtures.metrics import untrusted_reason
+from fixtures.rounds import RoundPolicy, record_rounds, run_until_stable
 from fixtures.relations import ceiling_sanity
 from servers.runtime import device_type
 from fixtures.roofline import ratio
-from fixtures.stream import run_sequential_streams, summarize_streams
+from fixtures.stream import StreamClient, summarize_streams
 from servers.llm import BENCH_MESSAGES
 from servers.llm_models import RECIPES
 from servers.variants import LLM_TIERS, llm_variants
@@ -38,7 +40,7 @@ def _ms(seconds):
 
 
 @pytest.mark.benchmark(group="llm")
-@pytest.mark.parametrize("tier, server", list(_cases()), indirect=["server"])
+@pytest.mark.parametrize("tier, server", list(_cases()), indirect=["server"], scope="session")
 def test_llm_decode(request, benchmark, device_peaks, floor_failures, machine_class, bench_rows, figures_by_id, tier, server):
     # device_peaks comes before server in the signature: measured before any server starts.
     spec = server.spec
@@ -47,32 +49,42 @@ def test_llm_decode(request, benchmark, device_peaks, floor_failures, machine_cl
             "temperature": 0, "metadata": {"ignore_eos": "true"}}
     direct = json.loads((SERVER_LOG_DIR / f"llm-direct-{server.port}.json").read_text())
 
-    warmup = run_sequential_streams(url, body, 1)
-    assert warmup[0].ok, f"warm-up failed: {warmup[0].status} {warmup[0].error}"
+    policy = RoundPolicy(tier.rounds, tier.max_round_cv, tier.max_rounds)
+    with StreamClient(url, body, llm_check(tier.max_new_tokens, exact_length=True)) as client:
+        warmup = client.sequential(1)  # also opens the keep-alive connection the rounds use
+        assert warmup[0].ok, f"warm-up failed: {warmup[0].status} {warmup[0].error}"
+        rss_before = server.rss_bytes()
+        with ThrottleSampler() as throttle, UtilisationSampler(server.alive_pids) as utilisation:
+            rounds, stability = run_until_stable(lambda: client.sequential(tier.requests_per_round),
+                                                 lambda streams: summarize_streams(streams).tokens_per_s_per_request,
+                                                 policy, single_round=benchmark.disabled)
+        rss_after = server.rss_bytes()
 
-    rounds = []
-    with ThrottleSampler() as throttle, UtilisationSampler(server.alive_pids) as utilisation:
-        benchmark.pedantic(lambda: rounds.append(run_sequential_streams(url, body, tier.requests_per_round)),
-                           rounds=tier.rounds, iterations=1, warmup_rounds=0)
-
-    results = [r for round_results in rounds for r in round_results]
+    measured = rounds[-stability.window:]
+    record_rounds(benchmark, [max(r.end_s for r in streams) - min(r.start_s for r in streams) for streams in measured])
+    results = [r for round_results in measured for r in round_results]
+    every = summarize_streams([r for round_results in rounds for r in round_results])
     summary = summarize_streams(results)
     recipe = RECIPES[spec.option("recipe")]
     ceilings = llm_ceilings(direct, device_peaks[tier.device], recipe.precision)
     api = summary.tokens_per_s_per_request
     per_round = [summarize_streams(r).tokens_per_s_per_request for r in rounds]
-    invalid = untrusted_reason(summary.errors, coefficient_of_variation(per_round), gpu_throttle=throttle.problems)
+    invalid = untrusted_reason(every.errors, stability.window_cv, gpu_throttle=throttle.problems,
+                               wrong_answers=every.wrong_answers, stability=stability)
     figures = {
         "tokens_per_s": api,  # per request: completion tokens / end-to-end time, mean over requests
         "tokens_per_s_aggregate": summary.tokens_per_s,
         "tokens_per_s_per_round": per_round,
-        "round_cv": coefficient_of_variation(per_round), "valid": invalid is None, "invalid_reason": invalid,
+        **stability.as_dict(), "valid": invalid is None, "invalid_reason": invalid,
+        "wrong_answers": every.wrong_answers,
+        "answer_check": "one content chunk per usage token, a finish reason, exactly max_tokens under ignore_eos",
+        "server_rss_mib_before": round(rss_before / 2**20, 1), "server_rss_mib_after": round(rss_after / 2**20, 1),
         **throttle.summary(),
         **utilisation.summary(),
         "ttft_mean_ms": _ms(summary.ttft_mean_s), "ttft_p50_ms": _ms(summary.ttft_p50_s), "ttft_p99_ms": _ms(summary.ttft_p99_s),
         "itl_mean_ms": _ms(summary.itl_mean_s), "itl_p50_ms": _ms(summary.itl_p50_s), "itl_p99_ms": _ms(summary.itl_p99_s),
         "tpot_mean_ms": _ms(summary.tpot_mean_s), "e2e_mean_ms": _ms(summary.e2e_mean_s), "e2e_p99_ms": _ms(summary.e2e_p99_s),
-        "requests": summary.requests, "errors": summary.errors, "completion_tokens": summary.tokens,
+        "requests": summary.requests, "errors": every.errors, "completion_tokens": summary.tokens,
         "max_new_tokens": tier.max_new_tokens, "batch_size": 1, "concurrency": 1,
         "device": tier.device, "model": spec.option("model"), "recipe": spec.option("recipe"),
         "precision": recipe.precision, "quantization": recipe.quantization, "static_compile": recipe.static_compile,
@@ -97,9 +109,9 @@ def test_llm_decode(request, benchmark, device_peaks, floor_failures, machine_cl
                        "memory_roofline_rps_datasheet": ceilings["memory_roofline_tokens_per_s_datasheet"],
                        **figures})
 
-    failed = [(r.status, r.error) for r in results if not r.ok][:3]
+    failed = [(r.kind, r.status, r.error) for streams in rounds for r in streams if not r.ok][:3]
     assert invalid is None, f"figures not trusted: {invalid}; first failures {failed}; server {server.state()}"
-    nvml_failure = nvml_required_failure(throttle, request.config.getoption("--require-gpu")) if tier.device == "cuda" else None
+    nvml_failure = nvml_required_failure(throttle, request.config.getoption("--require-gpu"), utilisation) if tier.device == "cuda" else None
     assert nvml_failure is None, nvml_failure
     if benchmark.disabled:
         return  # smoke pass (make test): not measured enough for floors or ceiling checks

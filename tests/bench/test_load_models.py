@@ -1,20 +1,41 @@
 """Load beyond a closed loop (MLPerf's Server scenario, vLLM's serving benchmark): open-loop Poisson
 arrivals timed from their schedule, goodput against a latency SLO, the highest rate meeting the SLO,
-and seed 004's comparison of a plain FastAPI server with LitServe."""
+a memory soak below that rate, and seed 004's comparison of a plain FastAPI server with LitServe.
+Every answer is checked (fixtures/answers.py)."""
 
 import statistics
+import time
 
 import pytest
 
-from fixtures.client_ceiling import client_bound
-from fixtures.load import arrival_schedule, run_closed_loop, run_open_loop
-from fixtures.metrics import error_breakdown, goodput, late_count, max_rate_at_slo, summarize
+from fixtures.answers import classifier_check
+from fixtures.client_ceiling import client_figures
 from fixtures.images import real_image_bodies
+from fixtures.load import LoadClient, arrival_schedule
+from fixtures.metrics import error_breakdown, goodput, late_count, max_rate_at_slo, summarize
+from servers import classifier
 from servers.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_variants, fastapi_comparison_specs
+
+KNEE = pytest.StashKey[dict]()  # spec name -> max_rate_at_slo found this session, for the soak
 
 
 def _gpu_marks(tier_name):
     return [pytest.mark.gpu] if CLASSIFIER_TIERS[tier_name].device == "cuda" else []
+
+
+def _ms(seconds):
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _client(server, load, concurrency=None):
+    """A LoadClient on the real photos whose every answer is checked against the served model's labels."""
+    served = classifier.config_from_args(classifier.spec_args(server.spec))
+    bodies = real_image_bodies(CLASSIFIER_TIERS[load.classifier_tier].input_size)
+    check = classifier_check(classifier.served_labels(served), served.top_k)
+    return LoadClient(f"{server.url}/predict", bodies, concurrency, check)
+
+
+WARMUP = "16 requests at concurrency 4 on the measured session's connections"
 
 
 def _poisson_cases():
@@ -24,31 +45,25 @@ def _poisson_cases():
             yield pytest.param(load, spec, rate, marks=_gpu_marks(name), id=f"{spec.name}-poisson-r{rate:g}")
 
 
-def _ms(seconds):
-    return None if seconds is None else round(seconds * 1000, 3)
-
-
 @pytest.mark.benchmark(group="open-loop")
-@pytest.mark.parametrize("load, server, rate", list(_poisson_cases()), indirect=["server"])
+@pytest.mark.parametrize("load, server, rate", list(_poisson_cases()), indirect=["server"], scope="session")
 def test_poisson_open_loop(benchmark, harness_ceiling, load, server, rate):
-    url = f"{server.url}/predict"
-    bodies = real_image_bodies(CLASSIFIER_TIERS[load.classifier_tier].input_size)
-    run_closed_loop(url, bodies, 16, 4)  # warm-up
     schedule = arrival_schedule(rate, max(1, round(rate * load.poisson_seconds)), seed=0)
     runs = []
-    benchmark.pedantic(lambda: runs.append(run_open_loop(url, bodies, schedule)), rounds=3, iterations=1, warmup_rounds=0)
+    with _client(server, load) as client:
+        client.closed_loop(16, concurrency=4)  # warm-up
+        benchmark.pedantic(lambda: runs.append(client.open_loop(schedule)), rounds=3, iterations=1, warmup_rounds=0)
     results = [r for run in runs for r in run.results]
     wall = sum(run.wall_s for run in runs)
     summary = summarize(results, wall)
     good = goodput(results, wall, load.slo_p99_s)
     benchmark.extra_info.update({
         "offered_rate": rate, "achieved_rps": summary.rps, "requests": summary.requests, "errors": summary.errors,
-        "late_requests": late_count(results), "arrivals": "poisson", "seed": 0,
+        "wrong_answers": summary.wrong_answers, "late_requests": late_count(results), "arrivals": "poisson", "seed": 0,
         "latency_p50_ms": _ms(summary.latency_p50_s), "latency_p90_ms": _ms(summary.latency_p90_s),
         "latency_p99_ms": _ms(summary.latency_p99_s), "latency_from": "scheduled send time",
         "slo_p99_ms": load.slo_p99_s * 1000, "goodput_share": good.share, "goodput_rps": good.rate,
-        "client_ceiling_rps": harness_ceiling["bare_aiohttp_rps"],
-        "client_bound": client_bound(summary.rps, harness_ceiling["bare_aiohttp_rps"]),
+        **client_figures(harness_ceiling, 0, summary.rps), "warmup": WARMUP,
         "server": server.spec.describe(), "device": server.spec.option("device"),
     })
     assert summary.errors == 0, f"{error_breakdown(results)}; server {server.state()}"
@@ -61,32 +76,88 @@ def _knee_cases():
             yield pytest.param(load, spec, marks=_gpu_marks(name), id=f"{spec.name}-slo-p99-{load.slo_p99_s * 1000:g}ms")
 
 
-@pytest.mark.benchmark(group="slo")
-@pytest.mark.parametrize("load, server", list(_knee_cases()), indirect=["server"])
-def test_max_rate_at_slo(benchmark, load, server):
-    """Bisection over short open-loop runs for the highest Poisson rate whose p99 meets the SLO. The
-    benchmark's time is the search's, not a figure: max_rate_at_slo in extra_info is."""
-    url = f"{server.url}/predict"
-    bodies = real_image_bodies(CLASSIFIER_TIERS[load.classifier_tier].input_size)
-    run_closed_loop(url, bodies, 16, 4)  # warm-up
-    tried = {}
-
+def _knee_search(client, load):
     def p99_at(rate):
-        run = run_open_loop(url, bodies, arrival_schedule(rate, max(10, round(rate * 1.5)), seed=1))
+        run = client.open_loop(arrival_schedule(rate, max(10, round(rate * 1.5)), seed=1))
         summary = summarize(run.results, run.wall_s)
-        tried[rate] = None if summary.errors else summary.latency_p99_s
-        return tried[rate]
+        return None if summary.errors else summary.latency_p99_s
 
+    return max_rate_at_slo(p99_at, load.knee_low, load.knee_high, load.slo_p99_s, load.knee_iterations)
+
+
+@pytest.mark.benchmark(group="slo")
+@pytest.mark.parametrize("load, server", list(_knee_cases()), indirect=["server"], scope="session")
+def test_max_rate_at_slo(request, benchmark, load, server):
+    """Bisection over short open-loop runs for the highest Poisson rate whose p99 meets the SLO. The
+    benchmark's time is the search's, not a figure: max_rate_at_slo in extra_info is. The knee must lie
+    inside the search range, its p99 meet the SLO and the next rate measured above it miss it."""
     found = []
-    benchmark.pedantic(lambda: found.append(max_rate_at_slo(p99_at, load.knee_low, load.knee_high, load.slo_p99_s,
-                                                            load.knee_iterations)), rounds=1, iterations=1)
+    with _client(server, load) as client:
+        client.closed_loop(16, concurrency=4)  # warm-up
+        benchmark.pedantic(lambda: found.append(_knee_search(client, load)), rounds=1, iterations=1)
+    search = found[0]
     benchmark.extra_info.update({
-        "max_rate_at_slo": found[0], "slo_p99_ms": load.slo_p99_s * 1000,
-        "p99_ms_by_rate": {f"{rate:g}": _ms(p99) for rate, p99 in sorted(tried.items())},
+        "max_rate_at_slo": search.rate, "first_rate_missing_slo": search.first_miss, "slo_p99_ms": load.slo_p99_s * 1000,
+        "p99_ms_by_rate": {f"{rate:g}": _ms(p99) for rate, p99 in sorted(search.p99_by_rate.items())},
         "search": f"bisection over [{load.knee_low:g}, {load.knee_high:g}] req/s, {load.knee_iterations} steps",
+        "search_problem": search.problem, "warmup": WARMUP,
         "server": server.spec.describe(), "device": server.spec.option("device"),
     })
-    assert len(tried) <= load.knee_iterations + 2
+    assert search.problem is None, f"{server.spec.name}: {search.problem}; p99 by rate {benchmark.extra_info['p99_ms_by_rate']}"
+    assert search.p99_by_rate[search.rate] <= load.slo_p99_s
+    above = search.p99_by_rate[search.first_miss]
+    assert above is None or above > load.slo_p99_s
+    assert len(search.p99_by_rate) <= load.knee_iterations + 2
+    request.config.stash.setdefault(KNEE, {})[server.spec.name] = search.rate
+
+
+def _soak_cases():
+    for name, load in LOAD_MODEL_TIERS.items():
+        spec = classifier_variants(load.classifier_tier)["batch_workers"]
+        yield pytest.param(load, spec, marks=_gpu_marks(name), id=f"{spec.name}-soak")
+
+
+@pytest.mark.benchmark(group="soak")
+@pytest.mark.parametrize("load, server", list(_soak_cases()), indirect=["server"], scope="session")
+def test_soak_memory(request, benchmark, load, server):
+    """Open-loop Poisson load at SOAK_FRACTION of the knee for soak_seconds, the server's RSS read between
+    chunks: RSS growing past the tier's bound from the first chunk to the last is a leak. The knee is this
+    session's max_rate_at_slo of the same spec (searched here when that test did not run)."""
+    with _client(server, load) as client:
+        client.closed_loop(16, concurrency=4)  # warm-up
+        knee = request.config.stash.get(KNEE, {}).get(server.spec.name)
+        if knee is None:
+            search = _knee_search(client, load)
+            assert search.problem is None, search.problem
+            knee = search.rate
+        rate = load.soak_fraction * knee
+        seconds = load.soak_smoke_seconds if benchmark.disabled else load.soak_seconds
+        chunks = max(2, round(seconds / load.soak_chunk_seconds))
+        rss, runs = [server.rss_bytes()], []
+        started = time.monotonic()
+
+        def soak():
+            for chunk in range(chunks):
+                schedule = arrival_schedule(rate, max(1, round(rate * load.soak_chunk_seconds)), seed=100 + chunk)
+                runs.append(client.open_loop(schedule))
+                rss.append(server.rss_bytes())
+
+        benchmark.pedantic(soak, rounds=1, iterations=1)
+    results = [r for run in runs for r in run.results]
+    summary = summarize(results, sum(run.wall_s for run in runs))
+    growth_mib = (rss[-1] - rss[1]) / 2**20  # from after the first chunk (allocator and caches warm) to the end
+    benchmark.extra_info.update({
+        "soak_rate": rate, "knee_rate": knee, "soak_fraction": load.soak_fraction,
+        "soak_s": round(time.monotonic() - started, 1), "requests": summary.requests, "errors": summary.errors,
+        "wrong_answers": summary.wrong_answers, "latency_p99_ms": _ms(summary.latency_p99_s),
+        "server_rss_mib": [round(b / 2**20, 1) for b in rss], "rss_growth_mib": round(growth_mib, 1),
+        "rss_growth_bound_mib": load.soak_max_rss_growth_mib,
+        "server": server.spec.describe(), "device": server.spec.option("device"),
+    })
+    assert summary.errors == 0, f"{error_breakdown(results)}; server {server.state()}"
+    assert growth_mib <= load.soak_max_rss_growth_mib, (
+        f"{server.spec.name}: server RSS grew {growth_mib:.0f} MiB over a {seconds:g} s soak at {rate:.0f} req/s "
+        f"(bound {load.soak_max_rss_growth_mib} MiB): a leak; RSS by chunk {benchmark.extra_info['server_rss_mib']} MiB")
 
 
 def _comparison_cases():
@@ -97,23 +168,24 @@ def _comparison_cases():
 
 
 @pytest.mark.benchmark(group="fastapi-vs-litserve")
-@pytest.mark.parametrize("load, server, framework, n", list(_comparison_cases()), indirect=["server"])
+@pytest.mark.parametrize("load, server, framework, n", list(_comparison_cases()), indirect=["server"], scope="session")
 def test_fastapi_vs_litserve(request, benchmark, figures_by_id, load, server, framework, n):
     """n requests sent at once (seed 004): total runtime per round, response time mean and std."""
-    url = f"{server.url}/predict"
-    bodies = real_image_bodies(CLASSIFIER_TIERS[load.classifier_tier].input_size)
-    run_closed_loop(url, bodies, min(n, 16), min(n, 16))  # warm-up
     runs = []
-    benchmark.pedantic(lambda: runs.append(run_closed_loop(url, bodies, n, n)), rounds=3, iterations=1)
+    with _client(server, load, concurrency=n) as client:
+        client.closed_loop(n)  # warm-up: opens the n connections the rounds use
+        benchmark.pedantic(lambda: runs.append(client.closed_loop(n)), rounds=3, iterations=1)
     latencies = [r.latency_s for run in runs for r in run.results if r.ok]
-    errors = sum(1 for run in runs for r in run.results if not r.ok)
+    failed = [r for run in runs for r in run.results if not r.ok]
     figures = {
-        "framework": framework, "concurrent_requests": n, "errors": errors,
+        "framework": framework, "concurrent_requests": n, "errors": len(failed),
+        "wrong_answers": sum(1 for r in failed if r.kind == "wrong_answer"),
         "total_runtime_s": statistics.median(run.wall_s for run in runs),
         "response_mean_ms": _ms(statistics.mean(latencies)) if latencies else None,
         "response_std_ms": _ms(statistics.stdev(latencies)) if len(latencies) > 1 else None,
+        "connections_opened_in_rounds": sum(run.connections_opened for run in runs),
         "server": server.spec.describe(), "device": server.spec.option("device"),
     }
     benchmark.extra_info.update(figures)
     figures_by_id[request.node.callspec.id] = figures  # LitServe against FastAPI: tests/bench/test_relations.py
-    assert errors == 0, f"{errors} requests failed; server {server.state()}"
+    assert not failed, f"{error_breakdown(failed)}; server {server.state()}"

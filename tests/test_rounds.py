@@ -1,0 +1,65 @@
+"""Rounds until stable within a budget: converged when the last k agree, invalid when the budget is spent
+first; and the figure's rounds reach pytest-benchmark's saved JSON."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fixtures.metrics import untrusted_reason
+from fixtures.rounds import RoundPolicy, ci95_half_width_rel, run_until_stable, stability
+from fixtures.server import REPO_ROOT
+
+
+def run(figures, policy):
+    values = iter(figures)
+    return run_until_stable(lambda: next(values), lambda value: value, policy)
+
+
+def test_rounds_continue_until_the_last_window_agrees():
+    """Before, a benchmark ran a fixed 3 rounds and took whatever they said."""
+    results, judged = run([50.0, 90.0, 100.0, 101.0, 99.0, 500.0], RoundPolicy(window=3, max_cv=0.05, max_rounds=8))
+    assert results == [50.0, 90.0, 100.0, 101.0, 99.0]  # stopped once 100, 101, 99 agreed
+    assert judged.converged and judged.rounds_taken == 5 and judged.window == 3
+    assert judged.window_cv == pytest.approx(0.01)
+    assert 0 < judged.ci95_half_width_rel < 0.05
+    assert untrusted_reason(0, judged.window_cv, stability=judged) is None
+
+
+def test_a_run_that_never_settles_within_its_budget_is_invalid():
+    results, judged = run([100.0, 130.0, 90.0, 140.0, 80.0, 150.0], RoundPolicy(window=3, max_cv=0.05, max_rounds=5))
+    assert len(results) == 5 and not judged.converged
+    reason = untrusted_reason(0, judged.window_cv, stability=judged)
+    assert "did not converge" in reason and "last 3 of 5 rounds" in reason
+    assert judged.as_dict()["rounds_converged"] is False and judged.as_dict()["round_budget"] == 5
+
+
+def test_stability_and_confidence_interval_maths():
+    assert not stability([100.0, 100.0], RoundPolicy(3, 0.05, 5)).converged  # fewer rounds than the window
+    assert ci95_half_width_rel([9.0, 10.0, 11.0]) == pytest.approx(4.303 * 1 / math.sqrt(3) / 10, rel=1e-3)
+    with pytest.raises(ValueError):
+        RoundPolicy(window=5, max_cv=0.1, max_rounds=3)
+
+
+ROUNDS_TEST = '''
+from fixtures.rounds import record_rounds
+
+def test_rounds(benchmark):
+    record_rounds(benchmark, [0.5, 0.25, 0.75])
+'''
+
+
+def test_the_figure_s_rounds_are_what_pytest_benchmark_saves(tmp_path):
+    (tmp_path / "test_rounds_case.py").write_text(ROUNDS_TEST)
+    out = tmp_path / "out.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    result = subprocess.run([sys.executable, "-m", "pytest", str(tmp_path / "test_rounds_case.py"), "-p", "no:cacheprovider",
+                             f"--benchmark-json={out}", "-q", "--rootdir", str(tmp_path)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout[-2000:]
+    stats = json.loads(out.read_text())["benchmarks"][0]["stats"]
+    assert stats["rounds"] == 3 and stats["min"] == 0.25 and stats["max"] == 0.75 and stats["median"] == 0.5
