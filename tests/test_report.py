@@ -68,3 +68,17 @@ def test_the_floors_table_counts_floored_figures_per_class():
                                            "b": {"min_rps": 20.0}}})
     row = table.splitlines()[2]
     assert row.startswith("| `cpu/X/2c/amx` | 2026-11-23 |") and "1 (0.5-0.5)" in row and "2 (10-20)" in row
+
+
+def test_the_compared_table_puts_each_figure_beside_its_ceiling_at_its_concurrency():
+    from fixtures.report import compared_table
+
+    run = {"benchmarks": [bench("cpu-batch_workers-c1", rps=33.5, concurrency=1, direct_rps=54.0, direct_workers=1,
+                                direct_batch_size=1, direct_assumes="1 worker(s) x batches of 1", api_over_direct=0.62,
+                                observed_mean_batch_size=1.0, max_batch_size=8, client_ceiling_rps=950.0, client_bound=False,
+                                rounds_taken=3, rounds_converged=True, round_cv=0.012, ci95_half_width_rel=0.03,
+                                check_ms_per_request=0.021, connections_opened_in_rounds=0,
+                                server_rss_mib_before=800.1, server_rss_mib_after=801.0)]}
+    header, _, row = compared_table(run).splitlines()
+    assert "direct at c" in header and "client ceiling at c" in header
+    assert "| 1 x batch 1 | 0.62 | 1.00 | 8 | 950 | False | 3 (True) | 0.012 | 3.0% | 21 | 0 | 800.1/801.0 |" in row
