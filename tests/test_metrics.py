@@ -91,3 +91,15 @@ def test_wrong_answers_are_counted_apart_and_make_the_run_untrusted():
     assert s.check_ms_per_request == pytest.approx(0.02 / 3)
     assert error_breakdown([wrong]) == {"wrong_answer 200: top-1 281, expected 207": 1}
     assert untrusted_reason(s.errors, 0.0, wrong_answers=s.wrong_answers) == "1 wrong answer(s) among 2 failed request(s)"
+
+
+def test_a_soak_whose_server_memory_keeps_growing_fails_as_a_leak():
+    from fixtures.metrics import rss_growth_problem
+
+    mib = 2**20
+    warm_then_flat = [500 * mib, 580 * mib, 585 * mib, 590 * mib]  # the first chunk warms allocator pools: not counted
+    assert rss_growth_problem(warm_then_flat, bound_mib=64) is None
+    leaking = [500 * mib, 580 * mib, 640 * mib, 700 * mib]
+    assert "grew 120 MiB after the first chunk (bound 64 MiB): a leak" in rss_growth_problem(leaking, bound_mib=64)
+    with pytest.raises(ValueError):
+        rss_growth_problem([1, 2], 64)

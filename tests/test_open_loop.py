@@ -96,8 +96,8 @@ def test_a_200_ms_stall_shows_in_the_open_loop_p99_and_not_in_the_closed_loop_s(
     opened = summarize(run.results, run.wall_s)
     assert closed.errors == 0 and opened.errors == 0
     assert closed.latency_max_s >= 0.2  # the stall happened in the closed loop too ...
-    assert closed.latency_p99_s < 0.05  # ... and its p99 does not show it
-    assert opened.latency_p99_s >= 0.1  # ~40 requests were scheduled during the stall: p99 shows it
+    assert closed.latency_p99_s < 0.1  # ... and its p99 does not show it (one slow request in 300)
+    assert opened.latency_p99_s >= 0.15  # ~40 requests were scheduled during the stall: p99 shows it
 
 
 def test_goodput_maths():
