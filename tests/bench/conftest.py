@@ -66,7 +66,8 @@ def harness_ceiling(request):
     from conftest import SERVER_LOG_DIR
     from fixtures.client_ceiling import SESSION_CLIENT_CEILING, client_ceiling
 
-    levels = {getattr(getattr(item, "callspec", None), "params", {}).get("concurrency") for item in request.session.items}
+    runnable = [item for item in request.session.items if machine.cuda_available() or not item.get_closest_marker("gpu")]
+    levels = {getattr(getattr(item, "callspec", None), "params", {}).get("concurrency") for item in runnable}
     levels = tuple(sorted(level for level in levels if isinstance(level, int))) or (8,)
     found = client_ceiling(SERVER_LOG_DIR, levels)
     request.config.stash[SESSION_CLIENT_CEILING] = found
