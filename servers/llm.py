@@ -23,7 +23,7 @@ import litserve as ls
 from fastapi import HTTPException
 from litserve.specs.openai import OpenAISpec
 
-from servers.llm_models import MODELS, RECIPES, load
+from servers.llm_models import MODELS, RECIPES, load, model_facts
 from servers.runtime import device_type, prepare_main_process, prepare_worker, resolve_device
 from servers.validation import BodyValidator, RequestRejected
 
@@ -182,10 +182,9 @@ class LLMAPI(ls.LitAPI):
 
     def write_direct_report(self, prompt):
         """Direct tokens/s: this worker's model generating --bench-max-tokens in-process, best of 3,
-        with the device synchronised around each run; plus the bytes one decode step reads."""
+        with the device synchronised around each run; plus the model's raw facts (servers.llm_models.model_facts),
+        from which the harness computes what one decode step reads."""
         import torch
-
-        from fixtures.roofline import decode_bytes_per_token, parameter_bytes
 
         timings = []
         for _ in range(3):
@@ -196,17 +195,15 @@ class LLMAPI(ls.LitAPI):
             if needs_sync(self.device):
                 torch.cuda.synchronize()
             timings.append(time.perf_counter() - start)
-        config = self.model.config
         n = self.args.bench_max_tokens
-        context = prompt.shape[1] + n / 2  # mean context length over the decode
         report = {
             "direct_tokens_per_s": n / min(timings),
             "direct_tokens_per_s_runs": [n / t for t in timings],
             "direct_threads": self.threads,
             "prompt_tokens": prompt.shape[1],
             "max_new_tokens": n,
-            "weight_bytes": parameter_bytes(self.model),
-            **decode_bytes_per_token(self.model, config, context, self.recipe.precision),
+            "kv_cache_dtype": self.recipe.precision,
+            **model_facts(self.model),
         }
         path = Path(self.args.report_dir) / f"llm-direct-{self.args.port}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

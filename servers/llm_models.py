@@ -131,3 +131,43 @@ def load(model_name: str, recipe: Recipe, device: str):
 
         quantize_(model, torchao_config(recipe.quantization, device))
     return tokenizer, model
+
+
+def stored_bytes(tensor) -> int:
+    """Bytes a tensor occupies, quantisation-aware: torchao's tensor subclasses hold their packed
+    data and scales as inner tensors (__tensor_flatten__), counted as stored."""
+    if hasattr(tensor, "__tensor_flatten__") and type(tensor).__name__ not in ("Tensor", "Parameter"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(stored_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def model_facts(model) -> dict:
+    """Raw facts of the served model that the harness turns into a decode roofline (fixtures.roofline):
+    what it stores, how its embedding is shared, how many weights its matrix products multiply, and the
+    shape of its KV cache. Facts only: no ceiling is computed in the server."""
+    import torch
+
+    config = model.config
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    tied = head is embedding
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    matmul_weights = sum(m.weight.numel() for m in linears)
+    if tied and not any(m.weight is head for m in linears):
+        matmul_weights += head.numel()  # a tied head computed from the embedding matrix
+    by_dtype = {}
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        key = str(tensor.dtype).replace("torch.", "")
+        by_dtype[key] = by_dtype.get(key, 0) + stored_bytes(tensor)
+    return {
+        "stored_bytes": sum(by_dtype.values()),
+        "stored_bytes_by_dtype": by_dtype,
+        "input_embedding_bytes": stored_bytes(embedding),
+        "input_embedding_rows": int(embedding.shape[0]),
+        "embedding_tied_to_head": tied,
+        "matmul_weight_elements": int(matmul_weights),
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+    }

@@ -1,7 +1,6 @@
 """Each GPU-side decision as a pure function, its GPU branch exercised on a CPU machine (issue: GPU first
 contact). LitServe hands a worker f"{accelerator}:{index}", so every decision takes 'cuda:0'."""
 
-import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor

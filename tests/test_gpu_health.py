@@ -4,7 +4,6 @@ ones report no GPU and assert nothing."""
 import itertools
 
 import pynvml
-import pytest
 
 from fixtures import gpu
 from fixtures.metrics import untrusted_reason

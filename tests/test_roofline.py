@@ -192,3 +192,25 @@ def test_at_one_client_the_ceiling_is_one_worker_at_batch_one():
     assert "2 worker(s) x batches of 4" in at_eight.as_dict()["direct_assumes"]
     with pytest.raises(KeyError, match="batch 8 was not measured"):
         direct_ceiling_at(8, {1: 40.0}, max_batch_size=8, parallel_workers=1)
+
+
+def test_decode_bytes_come_from_the_served_model_s_raw_facts():
+    """The LLM worker used to import the harness (fixtures.roofline) to compute bytes per token; it now
+    reports raw facts and the harness computes the roofline from them."""
+    import transformers
+
+    from fixtures.roofline import decode_bytes_per_token
+    from servers.llm_models import model_facts
+
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+    facts = model_facts(model)
+    assert facts["embedding_tied_to_head"] and facts["head_dim"] == 8 and facts["input_embedding_rows"] == 100
+    assert facts["stored_bytes"] == sum(t.numel() * 2 for t in list(model.parameters()) + list(model.buffers()))
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert facts["matmul_weight_elements"] == linear  # the tied head is an nn.Linear sharing the embedding
+    figures = decode_bytes_per_token({**facts, "prompt_tokens": 10, "max_new_tokens": 4, "kv_cache_dtype": "bf16"})
+    assert figures["weight_bytes_read_per_token"] == facts["stored_bytes"] + 100 * 32 * 2 / 100  # tied: all read + one row
+    assert figures["kv_bytes_read_per_token"] == 2 * 2 * 2 * 8 * 2 * 12  # K and V, layers, kv heads, head_dim, bf16, context 12
+    assert figures["flops_per_token"] == 2 * linear

@@ -16,7 +16,7 @@ from fixtures.client_ceiling import client_figures
 from fixtures.gpu import ThrottleSampler, nvml_required_failure
 from fixtures.images import payload_description, real_image_bodies
 from fixtures.load import LoadClient
-from fixtures.metrics import batch_size_delta, error_breakdown, mean_batch_size, summarize, untrusted_reason
+from fixtures.metrics import batch_size_delta, error_breakdown, mean_batch_size, mib, ms, summarize, untrusted_reason
 from fixtures.relations import ceiling_sanity
 from fixtures.rounds import RoundPolicy, record_rounds, run_until_stable
 from fixtures.utilisation import UtilisationSampler
@@ -33,12 +33,6 @@ def _cases():
                 yield pytest.param(tier, spec, concurrency, marks=marks, id=f"{spec.name}-c{concurrency}")
 
 
-def _ms(seconds):
-    return None if seconds is None else round(seconds * 1000, 3)
-
-
-def _mib(nbytes):
-    return round(nbytes / 2**20, 1)
 
 
 # scope="session": one server per spec across its concurrency levels (fixtures/ordering.py).
@@ -86,11 +80,11 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
         "invalid_reason": invalid,
         **throttle.summary(),
         **utilisation.summary(),
-        "latency_mean_ms": _ms(summary.latency_mean_s),
-        "latency_p50_ms": _ms(summary.latency_p50_s),
-        "latency_p90_ms": _ms(summary.latency_p90_s),
-        "latency_p95_ms": _ms(summary.latency_p95_s),
-        "latency_p99_ms": _ms(summary.latency_p99_s),
+        "latency_mean_ms": ms(summary.latency_mean_s),
+        "latency_p50_ms": ms(summary.latency_p50_s),
+        "latency_p90_ms": ms(summary.latency_p90_s),
+        "latency_p95_ms": ms(summary.latency_p95_s),
+        "latency_p99_ms": ms(summary.latency_p99_s),
         "requests": summary.requests,
         "errors": every.errors,
         "wrong_answers": every.wrong_answers,
@@ -111,8 +105,8 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
         "workers_per_device": int(spec.option("workers-per-device")),
         "observed_batch_sizes": batches,  # worker -> {batch size: batches run during the rounds}
         "observed_mean_batch_size": mean_batch_size(batches),
-        "server_rss_mib_before": _mib(rss_before),
-        "server_rss_mib_after": _mib(rss_after),
+        "server_rss_mib_before": mib(rss_before),
+        "server_rss_mib_after": mib(rss_after),
         "server": spec.describe(),
         "server_ready_s": round(server.ready_after_s, 2),
         **ceilings.as_dict(),

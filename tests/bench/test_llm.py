@@ -11,16 +11,16 @@ import json
 
 import pytest
 
-from conftest import SERVER_LOG_DIR
+from fixtures.server import SERVER_LOG_DIR
 from fixtures.ceilings import llm_ceilings
 from fixtures.gpu import ThrottleSampler, nvml_required_failure
 from fixtures.utilisation import UtilisationSampler
 from fixtures.answers import llm_check
-from fixtures.metrics import untrusted_reason
+from fixtures.metrics import mib, ms, untrusted_reason
 from fixtures.rounds import RoundPolicy, record_rounds, run_until_stable
 from fixtures.relations import ceiling_sanity
 from servers.runtime import device_type
-from fixtures.roofline import ratio
+from fixtures.roofline import decode_bytes_per_token, ratio
 from fixtures.stream import StreamClient, summarize_streams
 from servers.llm import BENCH_MESSAGES
 from servers.llm_models import RECIPES
@@ -35,9 +35,6 @@ def _cases():
             yield pytest.param(tier, spec, marks=marks, id=spec.name)
 
 
-def _ms(seconds):
-    return None if seconds is None else round(seconds * 1000, 3)
-
 
 @pytest.mark.benchmark(group="llm")
 @pytest.mark.parametrize("tier, server", list(_cases()), indirect=["server"], scope="session")
@@ -47,7 +44,8 @@ def test_llm_decode(request, benchmark, device_peaks, floor_failures, machine_cl
     url = f"{server.url}/v1/chat/completions"
     body = {"model": spec.option("model"), "messages": BENCH_MESSAGES, "max_tokens": tier.max_new_tokens,
             "temperature": 0, "metadata": {"ignore_eos": "true"}}
-    direct = json.loads((SERVER_LOG_DIR / f"llm-direct-{server.port}.json").read_text())
+    report = json.loads((SERVER_LOG_DIR / f"llm-direct-{server.port}.json").read_text())  # the worker's raw facts
+    direct = {**report, **decode_bytes_per_token(report)}
 
     policy = RoundPolicy(tier.rounds, tier.max_round_cv, tier.max_rounds)
     with StreamClient(url, body, llm_check(tier.max_new_tokens, exact_length=True)) as client:
@@ -78,12 +76,12 @@ def test_llm_decode(request, benchmark, device_peaks, floor_failures, machine_cl
         **stability.as_dict(), "valid": invalid is None, "invalid_reason": invalid,
         "wrong_answers": every.wrong_answers,
         "answer_check": "one content chunk per usage token, a finish reason, exactly max_tokens under ignore_eos",
-        "server_rss_mib_before": round(rss_before / 2**20, 1), "server_rss_mib_after": round(rss_after / 2**20, 1),
+        "server_rss_mib_before": mib(rss_before), "server_rss_mib_after": mib(rss_after),
         **throttle.summary(),
         **utilisation.summary(),
-        "ttft_mean_ms": _ms(summary.ttft_mean_s), "ttft_p50_ms": _ms(summary.ttft_p50_s), "ttft_p99_ms": _ms(summary.ttft_p99_s),
-        "itl_mean_ms": _ms(summary.itl_mean_s), "itl_p50_ms": _ms(summary.itl_p50_s), "itl_p99_ms": _ms(summary.itl_p99_s),
-        "tpot_mean_ms": _ms(summary.tpot_mean_s), "e2e_mean_ms": _ms(summary.e2e_mean_s), "e2e_p99_ms": _ms(summary.e2e_p99_s),
+        "ttft_mean_ms": ms(summary.ttft_mean_s), "ttft_p50_ms": ms(summary.ttft_p50_s), "ttft_p99_ms": ms(summary.ttft_p99_s),
+        "itl_mean_ms": ms(summary.itl_mean_s), "itl_p50_ms": ms(summary.itl_p50_s), "itl_p99_ms": ms(summary.itl_p99_s),
+        "tpot_mean_ms": ms(summary.tpot_mean_s), "e2e_mean_ms": ms(summary.e2e_mean_s), "e2e_p99_ms": ms(summary.e2e_p99_s),
         "requests": summary.requests, "errors": every.errors, "completion_tokens": summary.tokens,
         "max_new_tokens": tier.max_new_tokens, "batch_size": 1, "concurrency": 1,
         "device": tier.device, "model": spec.option("model"), "recipe": spec.option("recipe"),

@@ -12,7 +12,7 @@ from fixtures.answers import classifier_check
 from fixtures.client_ceiling import client_figures
 from fixtures.images import real_image_bodies
 from fixtures.load import LoadClient, arrival_schedule
-from fixtures.metrics import error_breakdown, goodput, late_count, max_rate_at_slo, rss_growth_problem, summarize
+from fixtures.metrics import error_breakdown, goodput, late_count, max_rate_at_slo, mib, ms, rss_growth_problem, summarize
 from servers import classifier
 from servers.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_variants, fastapi_comparison_specs
 
@@ -22,9 +22,6 @@ KNEE = pytest.StashKey[dict]()  # spec name -> max_rate_at_slo found this sessio
 def _gpu_marks(tier_name):
     return [pytest.mark.gpu] if CLASSIFIER_TIERS[tier_name].device == "cuda" else []
 
-
-def _ms(seconds):
-    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def _client(server, load, concurrency=None):
@@ -60,8 +57,8 @@ def test_poisson_open_loop(benchmark, harness_ceiling, load, server, rate):
     benchmark.extra_info.update({
         "offered_rate": rate, "achieved_rps": summary.rps, "requests": summary.requests, "errors": summary.errors,
         "wrong_answers": summary.wrong_answers, "late_requests": late_count(results), "arrivals": "poisson", "seed": 0,
-        "latency_p50_ms": _ms(summary.latency_p50_s), "latency_p90_ms": _ms(summary.latency_p90_s),
-        "latency_p99_ms": _ms(summary.latency_p99_s), "latency_from": "scheduled send time",
+        "latency_p50_ms": ms(summary.latency_p50_s), "latency_p90_ms": ms(summary.latency_p90_s),
+        "latency_p99_ms": ms(summary.latency_p99_s), "latency_from": "scheduled send time",
         "slo_p99_ms": load.slo_p99_s * 1000, "goodput_share": good.share, "goodput_rps": good.rate,
         **client_figures(harness_ceiling, 0, summary.rps), "warmup": WARMUP,
         "server": server.spec.describe(), "device": server.spec.option("device"),
@@ -98,7 +95,7 @@ def test_max_rate_at_slo(request, benchmark, load, server):
     search = found[0]
     benchmark.extra_info.update({
         "max_rate_at_slo": search.rate, "first_rate_missing_slo": search.first_miss, "slo_p99_ms": load.slo_p99_s * 1000,
-        "p99_ms_by_rate": {f"{rate:g}": _ms(p99) for rate, p99 in sorted(search.p99_by_rate.items())},
+        "p99_ms_by_rate": {f"{rate:g}": ms(p99) for rate, p99 in sorted(search.p99_by_rate.items())},
         "search": f"bisection over [{load.knee_low:g}, {load.knee_high:g}] req/s, {load.knee_iterations} steps",
         "search_problem": search.problem, "warmup": WARMUP,
         "server": server.spec.describe(), "device": server.spec.option("device"),
@@ -149,8 +146,8 @@ def test_soak_memory(request, benchmark, load, server):
     benchmark.extra_info.update({
         "soak_rate": rate, "knee_rate": knee, "soak_fraction": load.soak_fraction,
         "soak_s": round(time.monotonic() - started, 1), "requests": summary.requests, "errors": summary.errors,
-        "wrong_answers": summary.wrong_answers, "latency_p99_ms": _ms(summary.latency_p99_s),
-        "server_rss_mib": [round(b / 2**20, 1) for b in rss], "rss_growth_mib": round(growth_mib, 1),
+        "wrong_answers": summary.wrong_answers, "latency_p99_ms": ms(summary.latency_p99_s),
+        "server_rss_mib": [mib(b) for b in rss], "rss_growth_mib": round(growth_mib, 1),
         "rss_growth_bound_mib": load.soak_max_rss_growth_mib,
         "server": server.spec.describe(), "device": server.spec.option("device"),
     })
@@ -180,8 +177,8 @@ def test_fastapi_vs_litserve(request, benchmark, figures_by_id, load, server, fr
         "framework": framework, "concurrent_requests": n, "errors": len(failed),
         "wrong_answers": sum(1 for r in failed if r.kind == "wrong_answer"),
         "total_runtime_s": statistics.median(run.wall_s for run in runs),
-        "response_mean_ms": _ms(statistics.mean(latencies)) if latencies else None,
-        "response_std_ms": _ms(statistics.stdev(latencies)) if len(latencies) > 1 else None,
+        "response_mean_ms": ms(statistics.mean(latencies)) if latencies else None,
+        "response_std_ms": ms(statistics.stdev(latencies)) if len(latencies) > 1 else None,
         "connections_opened_in_rounds": sum(run.connections_opened for run in runs),
         "server": server.spec.describe(), "device": server.spec.option("device"),
     }
