@@ -331,12 +331,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def spec_args(spec) -> argparse.Namespace:
-    """A ServerSpec's options read by this server's own parser, so harness code (direct ceilings,
-    benchmark records, tests) sees exactly what the served process sees."""
-    return parse_args(spec.argv(0)[2:])
-
-
 def config_from_args(args) -> ClassifierConfig:
     model, num_classes, input_size = args.model, args.num_classes, args.input_size or 224
     if args.pretrained:

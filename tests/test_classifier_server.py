@@ -13,7 +13,7 @@ import torch
 from fixtures.payloads import classifier_body, synthetic_image
 from fixtures.server import start_server
 from servers.classifier import decode_image
-from servers.variants import ServerSpec
+from fixtures.variants import ServerSpec
 from tests.post import post
 
 MODEL, SIZE, CLASSES = "resnet18", 64, 10

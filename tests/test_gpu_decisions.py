@@ -10,7 +10,7 @@ import pytest
 from servers.llm import GenerationFailed, compile_plan, needs_sync, stream_tokens
 from servers.llm_models import RECIPES, torchao_config
 from servers.runtime import device_type
-from servers.variants import llm_variants
+from fixtures.variants import llm_variants
 
 
 def test_litserve_s_device_string_is_cuda():
@@ -104,7 +104,7 @@ def test_the_datasheet_row_of_a_mapped_cuda_device():
 
 
 def test_gpu_smoke_touches_each_precision_once_and_every_llm_recipe():
-    from servers.variants import classifier_variants, gpu_smoke_ids, llm_variants
+    from fixtures.variants import classifier_variants, gpu_smoke_ids, llm_variants
 
     ids = gpu_smoke_ids()
     steps = classifier_variants("gpu")

@@ -9,7 +9,7 @@ import pytest
 from fixtures.server import start_server
 from fixtures.stream import StreamResult, run_sequential_streams, summarize_streams
 from servers.llm import validate_chat_body
-from servers.variants import ServerSpec
+from fixtures.variants import ServerSpec
 from tests.post import post
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]

@@ -15,7 +15,7 @@ import pytest
 
 from fixtures.images import file_body, missing_images, real_images
 from servers.pretrained import CAT_CLASSES, DOG_CLASSES, imagenet_labels, mnist_split
-from servers.variants import CLASSIFIER_TIERS, ServerSpec, classifier_variants, with_pretrained
+from fixtures.variants import CLASSIFIER_TIERS, ServerSpec, classifier_variants, with_pretrained
 from tests.post import post
 
 # The 20 samples: efficientnet-lite0 fp32 got 18 right here (two "609" jeeps read as other cars); the

@@ -22,7 +22,7 @@ def test_needs_a_gpu():
 
 SERVER_TEST = """
 import pytest
-from servers.variants import ServerSpec
+from fixtures.variants import ServerSpec
 
 NOOP = ServerSpec(name="wiring-noop", module="servers.noop", startup_timeout_s=60)
 
@@ -110,7 +110,7 @@ def test_saved_runs_carry_machine_info_and_compare(tmp_path):
 WAITING_SERVER_TEST = """
 import json, os, time
 import pytest
-from servers.variants import ServerSpec
+from fixtures.variants import ServerSpec
 
 NOOP = ServerSpec(name="ctrl-c-noop", module="servers.noop", options=(("workers-per-device", 2),), startup_timeout_s=60)
 

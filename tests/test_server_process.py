@@ -14,7 +14,7 @@ import pytest
 
 import fixtures.server as server_module
 from fixtures.server import REPO_ROOT, ServerStartError, start_server
-from servers.variants import ServerSpec
+from fixtures.variants import ServerSpec
 
 NOOP = ServerSpec(name="noop", module="servers.noop", options=(("workers-per-device", 2),), startup_timeout_s=60)
 
@@ -73,7 +73,7 @@ HELPER = """
 import json, sys
 from pathlib import Path
 from fixtures.server import start_server
-from servers.variants import ServerSpec
+from fixtures.variants import ServerSpec
 server = start_server(ServerSpec(name="orphan-check", module="servers.noop", options=(("workers-per-device", 2),)), Path(sys.argv[1]))
 print(json.dumps(sorted(server.alive_pids())), flush=True)
 sys.stdin.read()  # wait to be killed

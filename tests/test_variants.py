@@ -4,11 +4,11 @@ step past batch_workers changes exactly one thing, and real-model variants keep 
 import pytest
 
 from servers import classifier
-from servers.variants import CLASSIFIER_TIERS, classifier_specs, classifier_variants, with_pretrained
+from fixtures.variants import CLASSIFIER_TIERS, classifier_args, classifier_specs, classifier_variants, with_pretrained
 
 
 def parsed(spec):
-    return classifier.config_from_args(classifier.spec_args(spec))
+    return classifier.config_from_args(classifier_args(spec))
 
 
 @pytest.mark.parametrize("tier", list(CLASSIFIER_TIERS))

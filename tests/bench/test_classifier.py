@@ -22,7 +22,7 @@ from fixtures.rounds import RoundPolicy, record_rounds, run_until_stable
 from fixtures.utilisation import UtilisationSampler
 from servers import classifier
 from servers.runtime import device_type
-from servers.variants import CLASSIFIER_TIERS, classifier_specs
+from fixtures.variants import CLASSIFIER_TIERS, classifier_args, classifier_specs
 
 
 def _cases():
@@ -42,7 +42,7 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
                                bench_rows, figures_by_id, tier, server, concurrency):
     # The ceilings come before server in the signature: measured before any server starts.
     spec = server.spec
-    served = classifier.config_from_args(classifier.spec_args(spec))
+    served = classifier.config_from_args(classifier_args(spec))
     bodies = real_image_bodies(served.input_size)
     expected_top1, answer_check = expected_top1_for(served, bodies)
     check = classifier_check(classifier.served_labels(served), served.top_k, expected_top1)

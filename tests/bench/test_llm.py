@@ -24,7 +24,7 @@ from fixtures.roofline import decode_bytes_per_token, ratio
 from fixtures.stream import StreamClient, summarize_streams
 from servers.llm import BENCH_MESSAGES
 from servers.llm_models import RECIPES
-from servers.variants import LLM_TIERS, llm_variants
+from fixtures.variants import LLM_TIERS, llm_variants
 
 
 def _cases():

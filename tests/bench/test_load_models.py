@@ -14,7 +14,7 @@ from fixtures.images import real_image_bodies
 from fixtures.load import LoadClient, arrival_schedule
 from fixtures.metrics import error_breakdown, goodput, late_count, max_rate_at_slo, mib, ms, rss_growth_problem, summarize
 from servers import classifier
-from servers.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_variants, fastapi_comparison_specs
+from fixtures.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_args, classifier_variants, fastapi_comparison_specs
 
 KNEE = pytest.StashKey[dict]()  # spec name -> max_rate_at_slo found this session, for the soak
 
@@ -26,7 +26,7 @@ def _gpu_marks(tier_name):
 
 def _client(server, load, concurrency=None):
     """A LoadClient on the real photos whose every answer is checked against the served model's labels."""
-    served = classifier.config_from_args(classifier.spec_args(server.spec))
+    served = classifier.config_from_args(classifier_args(server.spec))
     bodies = real_image_bodies(CLASSIFIER_TIERS[load.classifier_tier].input_size)
     check = classifier_check(classifier.served_labels(served), served.top_k)
     return LoadClient(f"{server.url}/predict", bodies, concurrency, check)

@@ -5,7 +5,7 @@ import pytest
 
 from fixtures.relations import RELATION_RESULTS, declared_relations, judge
 from servers.runtime import device_type
-from servers.variants import CLASSIFIER_TIERS
+from fixtures.variants import CLASSIFIER_TIERS
 
 
 def _cases():
