@@ -114,3 +114,21 @@ def test_warm_up_opens_the_connections_the_rounds_use(stub):
     assert warmup.connections_opened == 4
     assert [r.connections_opened for r in rounds] == [0, 0, 0]
     assert all(r.ok for run in rounds for r in run.results)
+
+
+def test_a_connection_idle_past_the_client_keep_alive_is_not_reused(stub):
+    """The client drops idle connections before a server may close them (uvicorn: 5 s): reusing one the
+    server was closing failed a request with ServerDisconnectedError (fastapi-n200, fresh-clone make test)."""
+    import time
+
+    from fixtures.load import KEEPALIVE_S
+
+    assert KEEPALIVE_S < 5.0  # under uvicorn's default timeout_keep_alive
+    with LoadClient(stub.url, [b"{}"], concurrency=2, keepalive_s=0.2) as client:
+        client.closed_loop(4)
+        at_once = client.closed_loop(4)
+        time.sleep(0.5)
+        after_idle = client.closed_loop(4)
+    assert at_once.connections_opened == 0  # reused while fresh
+    assert after_idle.connections_opened == 2  # idle past keep-alive: reopened, never reused stale
+    assert all(r.ok for r in after_idle.results)
