@@ -13,7 +13,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 
 from servers.classifier import ClassifierConfig, build_model, decode_image, torch_dtype
-from servers.runtime import prepare_main_process, resolve_device
+from servers.runtime import keep_freed_memory, prepare_main_process, resolve_device
 from servers.validation import RequestRejected, parse_json_object
 
 
@@ -49,6 +49,7 @@ def create_app(config: ClassifierConfig, device: str) -> FastAPI:
 
 def main(argv=None):
     prepare_main_process()
+    keep_freed_memory()  # the model runs in this process: the same allocator as LitServe's workers
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", default="resnet18")
