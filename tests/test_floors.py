@@ -71,6 +71,8 @@ def test_writing_merges_with_other_classes_and_keeps_provenance(tmp_path):
     amd = written["cpu/AMD EPYC/2c/avx512_bf16"]
     assert amd["runs"] == ["0001_abc.json", "0002_abc.json", "0003_abc.json"] and amd["commit"] == "abc1234"
     assert "AMD EPYC" in amd["machine"] and amd["measured"] and "30%" in amd["margin"]
+    # Floors written from saved runs say so (they said --calibrate, a command that did not run).
+    assert amd["command"] == "python -m fixtures.floors --from-runs 0001_abc.json 0002_abc.json 0003_abc.json"
     assert find_floor(written, "cpu/AMD EPYC/2c/avx512_bf16", "cpu-baseline-c8").minimums["rps"] == 70.0
     # An invalid run: nothing is written, the file is as it was.
     before = path.read_text()

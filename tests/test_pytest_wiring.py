@@ -2,6 +2,7 @@
 fixture and the server log tail in a failure report. Each case runs pytest in a subprocess with
 the project's conftest loaded as a plugin."""
 
+import json
 import os
 import subprocess
 import sys
@@ -161,3 +162,35 @@ def test_ctrl_c_during_a_run_ends_every_server_process(tmp_path):
         assert not alive, f"still running after Ctrl-C: {alive}"
     finally:
         inner.kill()
+
+
+SAVING_TEST = """
+import pytest
+from fixtures.load import LoadRun, RequestResult
+from fixtures.request_log import request_rows
+
+@pytest.mark.parametrize("n", [3], ids=["cpu-demo-c1"])
+def test_saved(benchmark, save_record, n):
+    runs = [LoadRun(tuple(RequestResult(True, 200, 0.01, sent_s=float(i)) for i in range(n)), 1.0, 1)]
+    benchmark.pedantic(sum, args=([1],), rounds=1, iterations=1)
+    save_record({"rps": 3.0, "device": "cpu"}, requests=request_rows(runs))
+
+@pytest.mark.parametrize("n", [1], ids=["cpu-undeclared-c1"])
+def test_undeclared(benchmark, save_record, n):
+    benchmark.pedantic(sum, args=([1],), rounds=1, iterations=1)
+    save_record({"rps": 1.0, "not_a_figure": 2.0})
+"""
+
+
+def test_a_saving_session_writes_per_request_records_and_refuses_undeclared_figures(tmp_path):
+    import gzip
+
+    storage = tmp_path / "storage"
+    result = run_pytest(tmp_path, SAVING_TEST, "--benchmark-autosave", f"--benchmark-storage={storage}", "--no-plots")
+    assert result.returncode == 1 and "1 failed, 1 passed" in result.stdout, result.stdout[-3000:]
+    assert "not_a_figure" in result.stdout
+    (saved,) = storage.glob("*/*.json")
+    (bench,) = [b for b in json.loads(saved.read_text())["benchmarks"] if b["param"] == "cpu-demo-c1"]
+    records = storage / bench["extra_info"]["requests_file"]
+    assert records.parent.parent.name == "requests" and records.name == "cpu-demo-c1.jsonl.gz"
+    assert len(gzip.decompress(records.read_bytes()).decode().splitlines()) == 3

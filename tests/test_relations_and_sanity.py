@@ -23,18 +23,22 @@ def ceilings(direct_rps, roofline_rps=400.0) -> ClassifierCeilings:
         roofline_rps_datasheet=None)
 
 
+def classifier_efficiency(api_rps, c: ClassifierCeilings, concurrency):
+    return efficiency(api_rps, c.at(concurrency).rps, c.direct_rps_best, c.roofline_rps_measured, c.roofline_rps_datasheet)
+
+
 def test_a_direct_ceiling_measured_at_a_tenth_of_its_speed_fails_the_sanity_check():
     served = 90.0
-    true = {**efficiency(served, ceilings(180.0), 8), "round_cv": 0.03}
+    true = {**classifier_efficiency(served, ceilings(180.0), 8), "round_cv": 0.03}
     assert ceiling_sanity(true, {"direct": "180 req/s"}) == []
-    broken = {**efficiency(served, ceilings(18.0), 8), "round_cv": 0.03}  # a fake direct ceiling at a tenth
+    broken = {**classifier_efficiency(served, ceilings(18.0), 8), "round_cv": 0.03}  # a fake direct ceiling at a tenth
     failures = ceiling_sanity(broken, {"direct": "18 req/s (direct_rps)"})
     assert len(failures) == 1 and "served/direct = 5.000" in failures[0] and "18 req/s (direct_rps) is wrong" in failures[0]
 
 
 def test_a_peak_below_the_model_s_own_speed_fails_the_sanity_check():
     # The AMD EPYC case: fp16 direct 11.2 req/s against a matmul-probe roofline of 1.17.
-    figures = {**efficiency(10.5, ceilings(11.2, roofline_rps=1.17), 8), "round_cv": 0.02}
+    figures = {**classifier_efficiency(10.5, ceilings(11.2, roofline_rps=1.17), 8), "round_cv": 0.02}
     failures = ceiling_sanity(figures, {"roofline": "1.17 req/s"})
     assert any("direct/roofline = 9.573" in f and "1.17 req/s is wrong" in f for f in failures)
 

@@ -1,6 +1,8 @@
 """The tables people read: the terminal ceiling table and the markdown report of a saved run."""
 
-from fixtures.report import ceiling_table, describe_machine, markdown_table
+import json
+
+from fixtures.report import ceiling_tables, describe_machine, markdown_table
 
 
 def bench(param, **extra_info):
@@ -28,12 +30,18 @@ def test_markdown_report_has_a_table_per_kind():
     assert "Xeon (2 cores), no GPU" in describe_machine(RUN) and "abcdef12" in describe_machine(RUN)
 
 
-def test_ceiling_table_aligns_and_marks_unknowns():
-    rows = [{"benchmark": "cpu-batched-c8", "rps": 125.0, "direct_rps": 210.0, "compute_roofline_rps_measured": 360.0,
-             "compute_roofline_rps_datasheet": None, "api_over_direct": 0.6, "floor": "set"}]
-    lines = ceiling_table(rows).splitlines()
-    assert len(lines) == 2 and len(lines[0]) == len(lines[1])  # every cell padded to its column
+def test_ceiling_tables_align_mark_unknowns_and_keep_each_unit_apart():
+    records = {"cpu-batched-c8": {"rps": 125.0, "direct_rps": 210.0, "compute_roofline_rps_measured": 360.0,
+                                  "compute_roofline_rps_datasheet": None, "api_over_direct": 0.6},
+               "cpu-llm_eager_bf16": {"tokens_per_s": 18.9, "direct_tokens_per_s": 19.3, "api_over_direct": 0.98,
+                                      "memory_roofline_tokens_per_s_measured": 103.0}}
+    (classifier_title, classifier), (llm_title, llm) = ceiling_tables(records)
+    lines = classifier.splitlines()
+    assert "req/s" in classifier_title and len(lines) == 2 and len(lines[0]) == len(lines[1])  # cells padded
     assert "360/-" in lines[1] and "0.60" in lines[1] and lines[1].split()[0] == "cpu-batched-c8"
+    assert "tokens/s" in llm_title and "tok/s" in llm and "cpu-batched-c8" not in llm  # no tokens/s under req/s
+    assert llm.splitlines()[1].split()[:3] == ["cpu-llm_eager_bf16", "18.9", "19.3"] and "103/-" in llm
+    assert ceiling_tables({}) == []
 
 
 def test_ids_sort_numbers_as_numbers():
@@ -82,3 +90,27 @@ def test_the_compared_table_puts_each_figure_beside_its_ceiling_at_its_concurren
     header, _, row = compared_table(run).splitlines()
     assert "direct at c" in header and "client ceiling at c" in header
     assert "| 1 x batch 1 | 0.62 | 1.00 | 8 | 950 | False | 3 (True) | 0.012 | 3.0% | 21 | 0 | 800.1/801.0 |" in row
+
+
+def test_the_summary_page_says_what_a_reviewer_needs_in_a_minute(tmp_path):
+    from fixtures.changepoints import ChangePoint
+    from fixtures.report import summary_for_storage, summary_page
+
+    run = json.loads(json.dumps(RUN))
+    run["machine_info"].update(
+        machine_class={"cpu": "cpu/Xeon/2c/amx"},
+        floor_results={"cpu-batched-c8": "held", "cpu-llm_eager_bf16": ["cpu-llm_eager_bf16: tokens_per_s measured 9 < floor 12"],
+                       "cpu-new-c1": "no floor for cpu/Xeon/2c/amx"},
+        relations=[{"name": "batching beats baseline", "status": "held", "message": "2.1x"},
+                   {"name": "litserve beats fastapi", "status": "violated", "message": "0.8x < 1.0x"}])
+    point = ChangePoint("cpu-batched-c8", "rps", "8" * 40, "Slow the decode down", "2026-11-20T00:00:00", 7,
+                        125.0, 100.0, -0.2, 1e-5)
+    page = summary_page(run, [point], [".benchmarks/plots/index.md"])
+    assert "`cpu/Xeon/2c/amx`" in page and "**Floors: FAIL** (1 held, 1 failed, 1 without a floor" in page
+    assert "tokens_per_s measured 9 < floor 12" in page
+    assert "**Relations: FAIL** (1 held, 1 violated)" in page and "litserve beats fastapi: 0.8x < 1.0x" in page
+    assert "| `88888888` | cpu-batched-c8 | rps | 125 | 100 | -20.0% (worse) | 1e-05 | Slow the decode down |" in page
+    assert "| cpu-batched-c8 | 125.0 | 210.0 |" in page and "| cpu-llm_eager_bf16 | 18.9 | 19.3 |" in page
+    assert "[index.md](.benchmarks/plots/index.md)" in page
+    assert len(page.splitlines()) < 60
+    assert "No saved benchmark run here" in summary_for_storage(tmp_path)

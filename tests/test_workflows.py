@@ -23,3 +23,10 @@ def test_the_gpu_workflow_gates_on_the_doctor_and_splits_its_jobs():
 def test_the_cpu_workflow_runs_the_readme_test_command():
     steps = yaml.safe_load((WORKFLOWS / "cpu.yml").read_text())["jobs"]["test"]["steps"]
     assert any(step.get("run") == "make test" for step in steps)
+
+
+def test_both_workflows_write_the_summary_page():
+    for name, job in (("cpu.yml", "test"), ("gpu-bench.yml", "classifier"), ("gpu-bench.yml", "llm")):
+        steps = yaml.safe_load((WORKFLOWS / name).read_text())["jobs"][job]["steps"]
+        summary = [step for step in steps if "fixtures.report --summary" in step.get("run", "")]
+        assert summary and "$GITHUB_STEP_SUMMARY" in summary[0]["run"] and summary[0]["if"] == "always()", (name, job)

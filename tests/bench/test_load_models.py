@@ -3,18 +3,18 @@ arrivals timed from their schedule, goodput against a latency SLO, the highest r
 a memory soak below that rate, and seed 004's comparison of a plain FastAPI server with LitServe.
 Every answer is checked (fixtures/answers.py)."""
 
-import statistics
 import time
 
 import pytest
 
 from fixtures.answers import classifier_check
-from fixtures.client_ceiling import client_figures
 from fixtures.images import real_image_bodies
 from fixtures.load import LoadClient, arrival_schedule
-from fixtures.metrics import error_breakdown, goodput, late_count, max_rate_at_slo, mib, ms, rss_growth_problem, summarize
-from servers import classifier
+from fixtures.metrics import error_breakdown, max_rate_at_slo, rss_growth_problem, summarize
+from fixtures.records import framework_record, knee_record, open_loop_record, soak_record
+from fixtures.request_log import request_rows
 from fixtures.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_args, classifier_variants, fastapi_comparison_specs
+from servers import classifier
 
 KNEE = pytest.StashKey[dict]()  # spec name -> max_rate_at_slo found this session, for the soak
 
@@ -44,26 +44,15 @@ def _poisson_cases():
 
 @pytest.mark.benchmark(group="open-loop")
 @pytest.mark.parametrize("load, server, rate", list(_poisson_cases()), indirect=["server"], scope="session")
-def test_poisson_open_loop(benchmark, harness_ceiling, load, server, rate):
+def test_poisson_open_loop(benchmark, harness_ceiling, save_record, load, server, rate):
     schedule = arrival_schedule(rate, max(1, round(rate * load.poisson_seconds)), seed=0)
     runs = []
     with _client(server, load) as client:
         client.closed_loop(16, concurrency=4)  # warm-up
         benchmark.pedantic(lambda: runs.append(client.open_loop(schedule)), rounds=3, iterations=1, warmup_rounds=0)
-    results = [r for run in runs for r in run.results]
-    wall = sum(run.wall_s for run in runs)
-    summary = summarize(results, wall)
-    good = goodput(results, wall, load.slo_p99_s)
-    benchmark.extra_info.update({
-        "offered_rate": rate, "achieved_rps": summary.rps, "requests": summary.requests, "errors": summary.errors,
-        "wrong_answers": summary.wrong_answers, "late_requests": late_count(results), "arrivals": "poisson", "seed": 0,
-        "latency_p50_ms": ms(summary.latency_p50_s), "latency_p90_ms": ms(summary.latency_p90_s),
-        "latency_p99_ms": ms(summary.latency_p99_s), "latency_from": "scheduled send time",
-        "slo_p99_ms": load.slo_p99_s * 1000, "goodput_share": good.share, "goodput_rps": good.rate,
-        **client_figures(harness_ceiling, 0, summary.rps), "warmup": WARMUP,
-        "server": server.spec.describe(), "device": server.spec.option("device"),
-    })
-    assert summary.errors == 0, f"{error_breakdown(results)}; server {server.state()}"
+    figures = save_record(open_loop_record(spec=server.spec, rate=rate, seed=0, runs=runs, slo_s=load.slo_p99_s,
+                                           client_ceiling=harness_ceiling, warmup=WARMUP), requests=request_rows(runs))
+    assert figures["errors"] == 0, f"{error_breakdown([r for run in runs for r in run.results])}; server {server.state()}"
 
 
 def _knee_cases():
@@ -84,7 +73,7 @@ def _knee_search(client, load):
 
 @pytest.mark.benchmark(group="slo")
 @pytest.mark.parametrize("load, server", list(_knee_cases()), indirect=["server"], scope="session")
-def test_max_rate_at_slo(request, benchmark, load, server):
+def test_max_rate_at_slo(request, benchmark, save_record, load, server):
     """Bisection over short open-loop runs for the highest Poisson rate whose p99 meets the SLO. The
     benchmark's time is the search's, not a figure: max_rate_at_slo in extra_info is. The knee must lie
     inside the search range, its p99 meet the SLO and the next rate measured above it miss it."""
@@ -93,14 +82,9 @@ def test_max_rate_at_slo(request, benchmark, load, server):
         client.closed_loop(16, concurrency=4)  # warm-up
         benchmark.pedantic(lambda: found.append(_knee_search(client, load)), rounds=1, iterations=1)
     search = found[0]
-    benchmark.extra_info.update({
-        "max_rate_at_slo": search.rate, "first_rate_missing_slo": search.first_miss, "slo_p99_ms": load.slo_p99_s * 1000,
-        "p99_ms_by_rate": {f"{rate:g}": ms(p99) for rate, p99 in sorted(search.p99_by_rate.items())},
-        "search": f"bisection over [{load.knee_low:g}, {load.knee_high:g}] req/s, {load.knee_iterations} steps",
-        "search_problem": search.problem, "warmup": WARMUP,
-        "server": server.spec.describe(), "device": server.spec.option("device"),
-    })
-    assert search.problem is None, f"{server.spec.name}: {search.problem}; p99 by rate {benchmark.extra_info['p99_ms_by_rate']}"
+    figures = save_record(knee_record(spec=server.spec, search=search, slo_s=load.slo_p99_s, low=load.knee_low,
+                                      high=load.knee_high, iterations=load.knee_iterations, warmup=WARMUP))
+    assert search.problem is None, f"{server.spec.name}: {search.problem}; p99 by rate {figures['p99_ms_by_rate']}"
     assert search.p99_by_rate[search.rate] <= load.slo_p99_s
     above = search.p99_by_rate[search.first_miss]
     assert above is None or above > load.slo_p99_s
@@ -116,7 +100,7 @@ def _soak_cases():
 
 @pytest.mark.benchmark(group="soak")
 @pytest.mark.parametrize("load, server", list(_soak_cases()), indirect=["server"], scope="session")
-def test_soak_memory(request, benchmark, load, server):
+def test_soak_memory(request, benchmark, save_record, load, server):
     """Open-loop Poisson load at SOAK_FRACTION of the knee for soak_seconds, the server's RSS read between
     chunks: RSS growing past the tier's bound from the first chunk to the last is a leak. The knee is this
     session's max_rate_at_slo of the same spec (searched here when that test did not run)."""
@@ -140,18 +124,10 @@ def test_soak_memory(request, benchmark, load, server):
                 rss.append(server.rss_bytes())
 
         benchmark.pedantic(soak, rounds=1, iterations=1)
-    results = [r for run in runs for r in run.results]
-    summary = summarize(results, sum(run.wall_s for run in runs))
-    growth_mib = (rss[-1] - rss[1]) / 2**20  # fixtures.metrics.rss_growth_problem judges the same span
-    benchmark.extra_info.update({
-        "soak_rate": rate, "knee_rate": knee, "soak_fraction": load.soak_fraction,
-        "soak_s": round(time.monotonic() - started, 1), "requests": summary.requests, "errors": summary.errors,
-        "wrong_answers": summary.wrong_answers, "latency_p99_ms": ms(summary.latency_p99_s),
-        "server_rss_mib": [mib(b) for b in rss], "rss_growth_mib": round(growth_mib, 1),
-        "rss_growth_bound_mib": load.soak_max_rss_growth_mib,
-        "server": server.spec.describe(), "device": server.spec.option("device"),
-    })
-    assert summary.errors == 0, f"{error_breakdown(results)}; server {server.state()}"
+    figures = save_record(soak_record(spec=server.spec, knee=knee, fraction=load.soak_fraction,
+                                      seconds=time.monotonic() - started, runs=runs, rss=rss,
+                                      bound_mib=load.soak_max_rss_growth_mib), requests=request_rows(runs))
+    assert figures["errors"] == 0, f"{error_breakdown([r for run in runs for r in run.results])}; server {server.state()}"
     leak = rss_growth_problem(rss, load.soak_max_rss_growth_mib)
     assert leak is None, f"{server.spec.name}, {seconds:g} s soak at {rate:.0f} req/s: {leak}"
 
@@ -165,23 +141,13 @@ def _comparison_cases():
 
 @pytest.mark.benchmark(group="fastapi-vs-litserve")
 @pytest.mark.parametrize("load, server, framework, n", list(_comparison_cases()), indirect=["server"], scope="session")
-def test_fastapi_vs_litserve(request, benchmark, figures_by_id, load, server, framework, n):
+def test_fastapi_vs_litserve(benchmark, save_record, load, server, framework, n):
     """n requests sent at once (seed 004): total runtime per round, response time mean and std."""
     runs = []
     with _client(server, load, concurrency=n) as client:
         client.closed_loop(n)  # warm-up: opens the n connections the rounds use
         benchmark.pedantic(lambda: runs.append(client.closed_loop(n)), rounds=3, iterations=1)
-    latencies = [r.latency_s for run in runs for r in run.results if r.ok]
+    # Saved for tests/bench/test_relations.py too: LitServe against FastAPI at the same n.
+    figures = save_record(framework_record(spec=server.spec, framework=framework, n=n, runs=runs), requests=request_rows(runs))
     failed = [r for run in runs for r in run.results if not r.ok]
-    figures = {
-        "framework": framework, "concurrent_requests": n, "errors": len(failed),
-        "wrong_answers": sum(1 for r in failed if r.kind == "wrong_answer"),
-        "total_runtime_s": statistics.median(run.wall_s for run in runs),
-        "response_mean_ms": ms(statistics.mean(latencies)) if latencies else None,
-        "response_std_ms": ms(statistics.stdev(latencies)) if len(latencies) > 1 else None,
-        "connections_opened_in_rounds": sum(run.connections_opened for run in runs),
-        "server": server.spec.describe(), "device": server.spec.option("device"),
-    }
-    benchmark.extra_info.update(figures)
-    figures_by_id[request.node.callspec.id] = figures  # LitServe against FastAPI: tests/bench/test_relations.py
-    assert not failed, f"{error_breakdown(failed)}; server {server.state()}"
+    assert figures["errors"] == 0, f"{error_breakdown(failed)}; server {server.state()}"
