@@ -152,3 +152,21 @@ def test_invalid_figures_are_left_out_of_the_history(tmp_path, real_run):
     runs = load_history(tmp_path)
     assert len(series(runs, "cpu-batched-c8", "rps")) == 3
     assert detect_changes(runs) == []  # the 30% drop came from a run that was not trusted
+
+
+def test_the_end_of_a_saving_session_searches_change_points_once(tmp_path, real_run, monkeypatch):
+    """make_plots takes the history and change points the regression check already has, instead of
+    reading every saved run and running the change-point search a second time."""
+    import fixtures.changepoints
+    import fixtures.plots
+
+    write_history(tmp_path, real_run, [100, 100, 100, 70])
+    runs = load_history(tmp_path)
+
+    def searched_again(*args, **kwargs):
+        raise AssertionError("change points searched a second time")
+
+    monkeypatch.setattr(fixtures.changepoints, "change_points", searched_again)
+    monkeypatch.setattr(fixtures.plots, "load_history", lambda *a, **k: searched_again())
+    paths = make_plots(tmp_path, tmp_path / "plots", runs=runs, points_of_change=[])
+    assert any(p.name.startswith("trend-") for p in paths)

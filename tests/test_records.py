@@ -44,10 +44,10 @@ def batch_workers_record(runs):
     spec = classifier_specs("cpu")["batch_workers"]
     served = classifier.config_from_args(classifier.parse_args(spec.argv(0)[2:]))
     rounds = stability([len([r for r in run.results if r.ok]) / run.wall_s for run in runs], RoundPolicy(3, 0.10, 8))
-    return classifier_record(
+    return checked_record(classifier_record(  # every key a declared figure: it can be saved
         spec=spec, served=served, concurrency=8, round_requests=100, runs=runs, stability=rounds, ceilings=ceilings(),
         client_ceiling=CLIENT_CEILING, throttle=QUIET, utilisation=IDLE, batches={"0": {"4": 20, "3": 5}},
-        rss_before=300 * 2**20, rss_after=301 * 2**20, answer_check="labels", payload="photos", ready_s=3.14159)
+        rss_before=300 * 2**20, rss_after=301 * 2**20, answer_check="labels", payload="photos", ready_s=3.14159))
 
 
 def test_a_classifier_record_from_known_rounds():
@@ -89,9 +89,9 @@ def test_an_llm_record_holds_tokens_per_s_against_the_direct_ceiling_and_the_ban
     peaks = DeviceCeilings("cpu", "AMD EPYC", 2, {"bf16": 1e11}, 20e9, None, "cpu: no datasheet, measured ceilings only")
     tier = SimpleNamespace(max_new_tokens=32, device="cpu", threads=1)
     levels = stability([20.0, 20.0, 20.0], RoundPolicy(3, 0.10, 6))
-    record = llm_record(spec=spec, tier=tier, recipe=RECIPES["eager_bf16"], rounds=rounds, stability=levels,
+    record = checked_record(llm_record(spec=spec, tier=tier, recipe=RECIPES["eager_bf16"], rounds=rounds, stability=levels,
                         direct_report=report, peaks=peaks, throttle=QUIET, utilisation=IDLE, rss_before=0,
-                        rss_after=0, answer_check="exact length", ready_s=1.0)
+                        rss_after=0, answer_check="exact length", ready_s=1.0))
     per_request = 32 / (0.1 + 31 * 0.05)
     assert record["tokens_per_s"] == pytest.approx(per_request)
     assert record["api_over_direct"] == pytest.approx(per_request / 25.0)
@@ -105,10 +105,10 @@ def test_an_llm_record_holds_tokens_per_s_against_the_direct_ceiling_and_the_ban
 def test_soak_and_framework_records():
     spec = classifier_specs("cpu")["batch_workers"]
     runs = [load_run([0.02] * 10, 1.0), load_run([0.03] * 10, 1.0)]
-    soak = soak_record(spec=spec, knee=100.0, fraction=0.8, seconds=6.04, runs=runs,
-                       rss=[100 * 2**20, 110 * 2**20, 111 * 2**20, 112 * 2**20], bound_mib=64)
+    soak = checked_record(soak_record(spec=spec, knee=100.0, fraction=0.8, seconds=6.04, runs=runs,
+                       rss=[100 * 2**20, 110 * 2**20, 111 * 2**20, 112 * 2**20], bound_mib=64))
     assert soak["soak_rate"] == 80.0 and soak["rss_growth_mib"] == 2.0 and soak["soak_s"] == 6.0
-    framework = framework_record(spec=spec, framework="litserve", n=10, runs=runs)
+    framework = checked_record(framework_record(spec=spec, framework="litserve", n=10, runs=runs))
     assert framework["total_runtime_s"] == 1.0 and framework["response_mean_ms"] == pytest.approx(25.0)
 
 
