@@ -7,10 +7,13 @@ import pytest
 
 from fixtures import floors as floors_module
 from fixtures.floors import CalibrationError, calibrated_floors, find_floor, load_floors, merge_floors
-from fixtures.machine import cpu_isa_tier, machine_class
+from fixtures.machine import GENERATION_NOT_RECORDED, cpu_generation, cpu_info, cpu_isa_tier, machine_class
 
-AMD = {"cpu_info": {"model": "AMD EPYC", "usable_cores": 2, "isa": "avx512_bf16"}, "cuda_devices": []}
-XEON = {"cpu_info": {"model": "Intel(R) Xeon(R) Processor", "usable_cores": 2, "isa": "amx"}, "cuda_devices": []}
+AMD = {"cpu_info": {"model": "AMD EPYC", "vendor": "AuthenticAMD", "cpu_family": "25", "cpu_model": "17",
+                    "usable_cores": 2, "isa": "avx512_bf16"}, "cuda_devices": []}
+XEON = {"cpu_info": {"model": "Intel(R) Xeon(R) Processor", "vendor": "GenuineIntel", "cpu_family": "6",
+                     "cpu_model": "143", "usable_cores": 2, "isa": "amx"}, "cuda_devices": []}
+AMD_CLASS = "cpu/AMD EPYC/AuthenticAMD family 25 model 17 (Zen 4)/2c/avx512_bf16"
 
 
 def saved_run(info, rps, valid=True, commit="abc1234"):
@@ -24,8 +27,8 @@ def saved_run(info, rps, valid=True, commit="abc1234"):
     return {"machine_info": info, "commit_info": {"id": commit}, "benchmarks": [bench, llm, other]}
 
 
-def test_the_class_names_cpu_model_usable_cores_and_isa_tier():
-    assert machine_class(AMD, "cpu") == "cpu/AMD EPYC/2c/avx512_bf16"
+def test_the_class_names_cpu_model_generation_usable_cores_and_isa_tier():
+    assert machine_class(AMD, "cpu") == AMD_CLASS
     assert machine_class({**AMD, "cpu_info": {**AMD["cpu_info"], "usable_cores": 4}}, "cpu") != machine_class(AMD, "cpu")
     assert cpu_isa_tier(["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]) == "amx"
     assert cpu_isa_tier(["avx2", "avx512f", "avx512_bf16"]) == "avx512_bf16"
@@ -41,7 +44,7 @@ def test_the_gpu_class_is_the_visible_gpus_name_and_count():
 
 def test_calibration_takes_the_lowest_run_less_the_margin_and_keeps_the_range():
     cls, entries = calibrated_floors([saved_run(AMD, 130.0), saved_run(AMD, 100.0), saved_run(AMD, 120.0)], "cpu", 0.3)
-    assert cls == "cpu/AMD EPYC/2c/avx512_bf16"
+    assert cls == AMD_CLASS
     assert entries["cpu-baseline-c8"]["min_rps"] == 70.0 and entries["cpu-baseline-c8"]["range_rps"] == [100.0, 130.0]
     assert entries["cpu-baseline-c8"]["min_api_over_direct"] == 0.7
     assert entries["cpu-llm_eager_bf16"]["min_tokens_per_s"] == pytest.approx(12.6)
@@ -68,12 +71,12 @@ def test_writing_merges_with_other_classes_and_keeps_provenance(tmp_path):
     assert floors_module.main(["--from-runs", *map(str, runs), "--device", "cpu", "--floors", str(path)]) == 0
     written = load_floors(path)
     assert written["cpu/Intel(R) Xeon(R) Processor/2c/amx"]["cpu-baseline-c8"] == {"min_rps": 37.7}
-    amd = written["cpu/AMD EPYC/2c/avx512_bf16"]
+    amd = written[AMD_CLASS]
     assert amd["runs"] == ["0001_abc.json", "0002_abc.json", "0003_abc.json"] and amd["commit"] == "abc1234"
     assert "AMD EPYC" in amd["machine"] and amd["measured"] and "30%" in amd["margin"]
     # Floors written from saved runs say so (they said --calibrate, a command that did not run).
     assert amd["command"] == "python -m fixtures.floors --from-runs 0001_abc.json 0002_abc.json 0003_abc.json"
-    assert find_floor(written, "cpu/AMD EPYC/2c/avx512_bf16", "cpu-baseline-c8").minimums["rps"] == 70.0
+    assert find_floor(written, AMD_CLASS, "cpu-baseline-c8").minimums["rps"] == 70.0
     # An invalid run: nothing is written, the file is as it was.
     before = path.read_text()
     runs[0].write_text(json.dumps(saved_run(AMD, 1.0, valid=False)))
@@ -84,6 +87,38 @@ def test_writing_merges_with_other_classes_and_keeps_provenance(tmp_path):
 def test_the_floors_file_keys_every_class_by_a_machine_class():
     for name in load_floors():
         assert name.startswith(("cpu/", "gpu/")), f"floors.toml class {name!r} is not a machine class"
+        if name.startswith("cpu/"):  # model name / generation / cores / ISA tier
+            assert len(name.split("/")) == 5, f"floors.toml class {name!r} lacks the CPU generation"
+
+
+def cpuinfo_text(family, model, name="AMD EPYC", vendor="AuthenticAMD"):
+    processor = (f"processor\t: {{}}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+                 f"model name\t: {name}\nstepping\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n")
+    return processor.format(0) + processor.format(1)
+
+
+def test_one_model_name_on_two_cpu_generations_gives_two_classes():
+    """This cloud says "AMD EPYC" for Zen 4 and Zen 5 alike; their speeds differ 1.4-2x, so must their floors."""
+    zen4, zen5 = cpu_info(cpuinfo_text(25, 17)), cpu_info(cpuinfo_text(26, 2))
+    assert zen4["model"] == zen5["model"] == "AMD EPYC"
+    assert (zen4["cpu_family"], zen4["cpu_model"], zen4["stepping"]) == ("25", "17", "1")
+    classes = {machine_class({"cpu_info": info, "cuda_devices": []}, "cpu") for info in (zen4, zen5)}
+    assert len(classes) == 2
+    assert "AuthenticAMD family 26 model 2 (Zen 5)" in machine_class({"cpu_info": zen5, "cuda_devices": []}, "cpu")
+    # A pair the table does not know is named by its numbers alone, never guessed.
+    assert cpu_generation(cpu_info(cpuinfo_text(99, 7))) == "AuthenticAMD family 99 model 7"
+
+
+def test_arm_generations_come_from_implementer_and_part():
+    text = "processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n\n"
+    assert cpu_generation(cpu_info(text)) == "arm implementer 0x41 part 0xd0c (Neoverse N1)"
+
+
+def test_a_run_saved_without_family_and_model_never_takes_a_generations_floors():
+    old = {"cpu_info": {"model": "AMD EPYC", "usable_cores": 2, "isa": "avx512_bf16"}, "cuda_devices": []}
+    assert cpu_generation(old["cpu_info"]) == GENERATION_NOT_RECORDED
+    assert machine_class(old, "cpu") != AMD_CLASS
+    assert AMD_CLASS in load_floors()  # today's AMD floors sit under the generation that measured them
 
 
 def test_an_update_replaces_only_the_remeasured_benchmarks_and_says_so():
