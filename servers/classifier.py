@@ -18,6 +18,7 @@ import json
 import logging
 import multiprocessing
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -62,6 +63,7 @@ class ClassifierConfig:
     decode_threads: int = 0  # > 0: decode a batch's images in a thread pool inside batch()
     pin_memory: bool = False  # CUDA: stack batches into a pinned host buffer, copy to the GPU asynchronously
     pretrained: Optional[str] = None  # a name in servers.pretrained.PRETRAINED: real weights and labels
+    predict_delay_s: float = 0.0  # test-only: each predict sleeps this long first (a server slower on purpose)
 
 
 def torch_dtype(precision: str):
@@ -266,6 +268,8 @@ class ClassifierAPI(ls.LitAPI):
             x = x.unsqueeze(0)
         if self.batch_counts is not None:
             self.batch_counts.record(x.shape[0])
+        if self.config.predict_delay_s:
+            time.sleep(self.config.predict_delay_s)
         with torch.inference_mode():
             logits = self.model(self.to_model_input(x))
             top = torch.softmax(logits.float(), dim=-1).topk(min(self.config.top_k, logits.shape[-1]), dim=-1)
@@ -328,6 +332,8 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the model at start-up")
     p.add_argument("--decode-threads", type=int, default=0, help="decode a batch's images in N threads")
     p.add_argument("--pin-memory", action="store_true", help="CUDA: batches in pinned host memory, copied asynchronously")
+    p.add_argument("--predict-delay-ms", type=float, default=0.0,
+                   help="test-only: sleep this long in each predict (a server slower on purpose, for the harness's tests)")
     return p.parse_args(argv)
 
 
@@ -342,7 +348,7 @@ def config_from_args(args) -> ClassifierConfig:
         model=model, input_size=input_size, num_classes=num_classes, weights=args.weights,
         labels=args.labels, pretrained=args.pretrained, precision=args.precision, threads=args.threads, top_k=args.top_k,
         max_pixels=args.max_pixels, channels_last=args.channels_last, compile=args.compile,
-        decode_threads=args.decode_threads, pin_memory=args.pin_memory,
+        decode_threads=args.decode_threads, pin_memory=args.pin_memory, predict_delay_s=args.predict_delay_ms / 1000,
     )
 
 

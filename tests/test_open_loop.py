@@ -6,7 +6,8 @@ import pytest
 
 from fixtures.client_ceiling import client_bound
 from fixtures.load import RequestResult, arrival_schedule, run_closed_loop, run_open_loop
-from fixtures.metrics import goodput, late_count, llm_goodput, max_rate_at_slo, summarize
+from fixtures.knee import KneePolicy, find_knee
+from fixtures.metrics import goodput, late_count, llm_goodput, summarize
 from fixtures.stream import StreamResult
 from tests.test_load import stub  # noqa: F401  (the in-process aiohttp stub server fixture)
 
@@ -118,27 +119,59 @@ def test_llm_goodput_uses_ttft_and_time_per_output_token():
     assert llm_goodput([fast, slow_first, slow_tokens], ttft_slo_s=0.5, tpot_slo_s=0.1) == pytest.approx(1 / 3)
 
 
-def test_knee_search_finds_the_highest_rate_meeting_the_slo():
-    calls = []
+class FakeClock:
+    """Each probe of a fake server costs probe_s of the search's time budget."""
 
-    def p99(rate):  # a server whose p99 crosses 100 ms at 70 req/s
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def server_with_knee(knee_rps, calls, clock=None, probe_s=3.0):
+    def p99(rate):  # p99 crosses the 100 ms SLO at knee_rps
         calls.append(rate)
-        return 0.05 if rate <= 70 else 0.5
-
-    found = max_rate_at_slo(p99, low=10, high=130, slo_s=0.1, iterations=6)
-    assert 68 <= found.rate <= 70 < found.first_miss <= 72 and found.problem is None
-    assert found.p99_by_rate[found.rate] <= 0.1 < found.p99_by_rate[found.first_miss]
-    assert len(calls) == len(found.p99_by_rate) == 8  # low, high, 6 bisections: bounded
+        if clock is not None:
+            clock.now += probe_s
+        return 0.05 if rate <= knee_rps else 0.5
+    return p99
 
 
-def test_a_knee_search_that_hits_an_end_of_its_range_says_which():
-    """The search used to return None or `high` and the benchmark asserted only how many rates it tried."""
-    below = max_rate_at_slo(lambda r: 1.0, 10, 100, 0.1)
-    assert below.rate is None and "below the search range" in below.problem and "1000.0 ms" in below.problem
-    above = max_rate_at_slo(lambda r: 0.01, 10, 100, 0.1)
-    assert above.rate == 100 and above.first_miss is None and "above the search range" in above.problem
-    failing = max_rate_at_slo(lambda r: None, 10, 100, 0.1)  # failed requests never meet an SLO
-    assert failing.rate is None and "failed requests" in failing.problem
+@pytest.mark.parametrize("knee_rps, capacity", [(70.0, 50.0), (70.0, 300.0), (7000.0, 800.0), (0.7, 1.0)])
+def test_the_knee_search_brackets_the_knee_from_the_capacity_whatever_the_speed(knee_rps, capacity):
+    """No range assumes the server's speed: a knee above or below the capacity, 10,000x apart, is found with
+    the same policy, within 4.4% (four geometric bisections of a x2 bracket)."""
+    calls = []
+    found = find_knee(server_with_knee(knee_rps, calls), start_rate=capacity, slo_s=0.1)
+    assert found.problem is None and found.bracketed and not found.client_bound
+    assert found.knee <= knee_rps < found.first_miss <= found.knee * 2 ** (1 / 16) * 1.0001
+    assert found.p99_by_rate[found.knee] <= 0.1 < found.p99_by_rate[found.first_miss]
+    assert calls[0] == capacity and len(calls) == len(found.p99_by_rate) <= KneePolicy().max_probes
+
+
+def test_a_knee_beyond_the_client_ceiling_is_client_bound_not_a_knee():
+    calls = []
+    found = find_knee(server_with_knee(1e9, calls), start_rate=100.0, slo_s=0.1, client_ceiling_rps=500.0)
+    assert found.client_bound and found.knee is None and found.problem is None
+    assert found.highest_met == 500.0 and found.client_ceiling_rps == 500.0 and max(calls) == 500.0
+    # The start itself is capped: a capacity above what the client offers is probed at the ceiling.
+    assert find_knee(server_with_knee(1e9, []), start_rate=900.0, slo_s=0.1, client_ceiling_rps=500.0).client_bound
+    # A knee just under the ceiling is still a knee.
+    assert find_knee(server_with_knee(450.0, []), start_rate=100.0, slo_s=0.1, client_ceiling_rps=500.0).knee <= 450.0
+
+
+def test_a_knee_search_that_finds_no_knee_says_why_within_its_bounds():
+    never = find_knee(lambda r: 1.0, start_rate=50.0, slo_s=0.1)
+    assert never.knee is None and "no rate met" in never.problem and "1000.0 ms" in never.problem
+    assert len(never.p99_by_rate) == KneePolicy().max_probes
+    failing = find_knee(lambda r: None, start_rate=50.0, slo_s=0.1)  # failed requests never meet an SLO
+    assert failing.knee is None and "failed requests" in failing.problem
+    always = find_knee(lambda r: 0.01, start_rate=50.0, slo_s=0.1)  # no client ceiling given
+    assert always.knee is None and not always.client_bound and "budget ran out" in always.problem
+    clock, calls = FakeClock(), []
+    timed = find_knee(server_with_knee(1e9, calls, clock, probe_s=30.0), 50.0, 0.1, KneePolicy(max_seconds=100.0), clock=clock)
+    assert len(calls) == 4 and "budget ran out" in timed.problem  # 4 probes of 30 s reach the 100 s budget
 
 
 def test_client_bound_flag():

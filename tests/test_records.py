@@ -8,10 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from fixtures.knee import Capacity, KneePolicy, find_knee
+
 from fixtures.ceilings import ClassifierCeilings, DeviceCeilings
 from fixtures.figures import FIGURES, FLOORED_FIGURES, HIGHER, TREND_FIGURES, UnknownFigure, checked_record, markdown
 from fixtures.load import WRONG_ANSWER, LoadRun, RequestResult
-from fixtures.records import classifier_record, framework_record, llm_record, soak_record
+from fixtures.records import classifier_record, framework_record, knee_record, llm_record, open_loop_record, soak_record
 from fixtures.rounds import RoundPolicy, stability
 from fixtures.stream import StreamResult
 from fixtures.variants import classifier_specs, llm_variants
@@ -110,6 +112,25 @@ def test_soak_and_framework_records():
     assert soak["soak_rate"] == 80.0 and soak["rss_growth_mib"] == 2.0 and soak["soak_s"] == 6.0
     framework = checked_record(framework_record(spec=spec, framework="litserve", n=10, runs=runs))
     assert framework["total_runtime_s"] == 1.0 and framework["response_mean_ms"] == pytest.approx(25.0)
+
+
+def test_open_loop_and_knee_records_say_what_capacity_their_rates_came_from():
+    spec = classifier_specs("cpu")["batch_workers"]
+    capacity = Capacity(120.0, "closed-loop probe: 48 requests at c=8")
+    ceiling = {"bare_aiohttp_rps": {8: 5000.0}, "litserve_noop_rps": {8: 900.0}}
+    opened = checked_record(open_loop_record(spec=spec, capacity=capacity, fraction=0.6, seed=0,
+                                             runs=[load_run([0.02] * 10, 1.0)], slo_s=0.25, client_ceiling=ceiling, warmup="w"))
+    assert opened["offered_rate"] == pytest.approx(72.0) and opened["capacity_rps"] == 120.0
+    assert opened["capacity_fraction"] == 0.6 and "probe" in opened["capacity_source"]
+    knee = find_knee(lambda rate: 0.1 if rate <= 150 else 0.5, 120.0, 0.25, client_ceiling_rps=3500.0)
+    record = checked_record(knee_record(spec=spec, search=knee, policy=KneePolicy(), capacity=capacity, warmup="w"))
+    assert record["max_rate_at_slo"] == knee.knee <= 150 < record["first_rate_missing_slo"] and not record["client_bound"]
+    assert list(record["p99_ms_by_rate"])[0] == "120" and record["search_problem"] is None
+    # Client-bound: the highest rate met and the ceiling, and no knee.
+    bound = find_knee(lambda rate: 0.1, 120.0, 0.25, client_ceiling_rps=3500.0)
+    record = checked_record(knee_record(spec=spec, search=bound, policy=KneePolicy(), capacity=capacity, warmup="w"))
+    assert record["max_rate_at_slo"] is None and record["client_bound"]
+    assert record["highest_rate_meeting_slo"] == record["client_ceiling_rps"] == 3500.0
 
 
 def test_a_figure_missing_from_the_catalogue_cannot_be_saved():

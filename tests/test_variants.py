@@ -54,3 +54,6 @@ def test_a_round_is_several_waves_of_the_concurrent_clients():
     cpu, gpu = CLASSIFIER_TIERS["cpu"], CLASSIFIER_TIERS["gpu"]
     assert [cpu.round_requests(c) for c in cpu.concurrency] == [48, 48]
     assert [gpu.round_requests(c) for c in gpu.concurrency] == [512, 512, 512, 1024, 2048, 4096]
+    # A faster server gets longer rounds, never shorter than min_round_s at the warm-up's rate.
+    assert cpu.round_requests(8, warm_rps=40.0) == 48 and cpu.round_requests(8, warm_rps=400.0) == 200
+    assert gpu.round_requests(8, warm_rps=3000.0) == 3000

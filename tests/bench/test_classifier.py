@@ -45,13 +45,14 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
     bodies = real_image_bodies(served.input_size)
     expected_top1, answer_check = expected_top1_for(served, bodies)
     check = classifier_check(classifier.served_labels(served), served.top_k, expected_top1)
-    round_requests = tier.round_requests(concurrency)
     policy = RoundPolicy(tier.rounds, tier.max_round_cv, tier.max_rounds)
 
     with LoadClient(f"{server.url}/predict", bodies, concurrency, check) as client:
         # Warm-up on the connections the rounds use: worker caches, batch shapes, keep-alive connections.
-        warmup = client.closed_loop(min(round_requests, 4 * concurrency))
+        # 4 waves: every client's connection and every batch shape the level forms, at any speed.
+        warmup = client.closed_loop(min(tier.round_requests(concurrency), 4 * concurrency))
         assert all(r.ok for r in warmup.results), f"warm-up failed: {error_breakdown(warmup.results)}"
+        round_requests = tier.round_requests(concurrency, summarize(warmup.results, warmup.wall_s).rps)
         batches_before, rss_before = server.get_json(classifier.STATS_PATH), server.rss_bytes()
         with ThrottleSampler() as throttle, UtilisationSampler(server.alive_pids) as utilisation:
             runs, stability = run_until_stable(lambda: client.closed_loop(round_requests),

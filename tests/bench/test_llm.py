@@ -48,7 +48,9 @@ def test_llm_decode(request, benchmark, device_peaks, floor_failures, machine_cl
 
     policy = RoundPolicy(tier.rounds, tier.max_round_cv, tier.max_rounds)
     with StreamClient(url, body, llm_check(tier.max_new_tokens, exact_length=True)) as client:
-        warmup = client.sequential(1)  # also opens the keep-alive connection the rounds use
+        # One request of max_new_tokens: runs every decode step's shape once (and opens the keep-alive
+        # connection the rounds use), at any speed.
+        warmup = client.sequential(1)
         assert warmup[0].ok, f"warm-up failed: {warmup[0].status} {warmup[0].error}"
         rss_before = server.rss_bytes()
         with ThrottleSampler() as throttle, UtilisationSampler(server.alive_pids) as utilisation:

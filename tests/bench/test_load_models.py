@@ -10,18 +10,18 @@ import pytest
 from fixtures.answers import classifier_check
 from fixtures.images import real_image_bodies
 from fixtures.load import LoadClient, arrival_schedule
-from fixtures.metrics import error_breakdown, max_rate_at_slo, rss_growth_problem, summarize
+from fixtures.knee import Capacity, find_knee, knee_rate_cap, open_loop_p99, probe_capacity
+from fixtures.metrics import error_breakdown, rss_growth_problem
 from fixtures.records import framework_record, knee_record, open_loop_record, soak_record
 from fixtures.request_log import request_rows
 from fixtures.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_args, classifier_variants, fastapi_comparison_specs
 from servers import classifier
 
-KNEE = pytest.StashKey[dict]()  # spec name -> max_rate_at_slo found this session, for the soak
+KNEE = pytest.StashKey[dict]()  # spec name -> the rate this session's knee search found, for the soak
 
 
 def _gpu_marks(tier_name):
     return [pytest.mark.gpu] if CLASSIFIER_TIERS[tier_name].device == "cuda" else []
-
 
 
 def _client(server, load, concurrency=None):
@@ -32,26 +32,44 @@ def _client(server, load, concurrency=None):
     return LoadClient(f"{server.url}/predict", bodies, concurrency, check)
 
 
+# A count, not a time: 16 requests open 4 connections and pass each worker's first batches; 0.1 s on the
+# no-op server, 2 s on a server 4x slower than this machine's baseline classifier.
 WARMUP = "16 requests at concurrency 4 on the measured session's connections"
+
+
+def _capacity(figures_by_id, client, spec, load) -> Capacity:
+    """The spec's closed-loop req/s at the tier's highest concurrency: this session's throughput benchmark of
+    the same spec when it ran (tests/bench/test_classifier.py runs first), else a short probe now."""
+    tier = CLASSIFIER_TIERS[load.classifier_tier]
+    top = max(tier.concurrency)
+    measured = figures_by_id.get(f"{spec.name}-c{top}", {}).get("rps")
+    if measured:
+        return Capacity(measured, f"test_classifier_throughput[{spec.name}-c{top}] this session")
+    return probe_capacity(client, top, tier.round_requests(top))
 
 
 def _poisson_cases():
     for name, load in LOAD_MODEL_TIERS.items():
         spec = classifier_variants(load.classifier_tier)["batch_workers"]
-        for rate in load.poisson_rates:
-            yield pytest.param(load, spec, rate, marks=_gpu_marks(name), id=f"{spec.name}-poisson-r{rate:g}")
+        for fraction in load.poisson_fractions:
+            yield pytest.param(load, spec, fraction, marks=_gpu_marks(name), id=f"{spec.name}-poisson-x{fraction:g}")
 
 
 @pytest.mark.benchmark(group="open-loop")
-@pytest.mark.parametrize("load, server, rate", list(_poisson_cases()), indirect=["server"], scope="session")
-def test_poisson_open_loop(benchmark, harness_ceiling, save_record, load, server, rate):
-    schedule = arrival_schedule(rate, max(1, round(rate * load.poisson_seconds)), seed=0)
+@pytest.mark.parametrize("load, server, fraction", list(_poisson_cases()), indirect=["server"], scope="session")
+def test_poisson_open_loop(benchmark, harness_ceiling, figures_by_id, save_record, load, server, fraction):
+    """Poisson arrivals at a fraction of the spec's measured capacity: the same share of its load on any machine."""
     runs = []
     with _client(server, load) as client:
         client.closed_loop(16, concurrency=4)  # warm-up
+        capacity = _capacity(figures_by_id, client, server.spec, load)
+        rate = fraction * capacity.rps
+        schedule = arrival_schedule(rate, max(1, round(rate * load.poisson_seconds)), seed=0)
+        # 3 rounds of poisson_seconds each: a time at any speed (the request count follows the rate).
         benchmark.pedantic(lambda: runs.append(client.open_loop(schedule)), rounds=3, iterations=1, warmup_rounds=0)
-    figures = save_record(open_loop_record(spec=server.spec, rate=rate, seed=0, runs=runs, slo_s=load.slo_p99_s,
-                                           client_ceiling=harness_ceiling, warmup=WARMUP), requests=request_rows(runs))
+    figures = save_record(open_loop_record(spec=server.spec, capacity=capacity, fraction=fraction, seed=0, runs=runs,
+                                           slo_s=load.slo_p99_s, client_ceiling=harness_ceiling, warmup=WARMUP),
+                          requests=request_rows(runs))
     assert figures["errors"] == 0, f"{error_breakdown([r for run in runs for r in run.results])}; server {server.state()}"
 
 
@@ -62,34 +80,36 @@ def _knee_cases():
             yield pytest.param(load, spec, marks=_gpu_marks(name), id=f"{spec.name}-slo-p99-{load.slo_p99_s * 1000:g}ms")
 
 
-def _knee_search(client, load):
-    def p99_at(rate):
-        run = client.open_loop(arrival_schedule(rate, max(10, round(rate * 1.5)), seed=1))
-        summary = summarize(run.results, run.wall_s)
-        return None if summary.errors else summary.latency_p99_s
+def _search(client, capacity, load, harness_ceiling):
+    return find_knee(open_loop_p99(client, load.knee), capacity.rps, load.slo_p99_s, load.knee,
+                     client_ceiling_rps=knee_rate_cap(harness_ceiling))
 
-    return max_rate_at_slo(p99_at, load.knee_low, load.knee_high, load.slo_p99_s, load.knee_iterations)
+
+def assert_knee_found(search, policy, name):
+    """Found: a knee bracketed between a rate meeting the SLO and one missing it, or a client-bound server
+    (the SLO still met at the most the client offers); within the search's bounds either way."""
+    assert search.problem is None, f"{name}: {search.problem}; p99 by rate {search.p99_by_rate}"
+    assert len(search.p99_by_rate) <= policy.max_probes
+    assert search.p99_by_rate[search.highest_met] <= search.slo_s
+    if search.bracketed:
+        above = search.p99_by_rate[search.first_miss]
+        assert search.first_miss > search.highest_met and (above is None or above > search.slo_s)
 
 
 @pytest.mark.benchmark(group="slo")
 @pytest.mark.parametrize("load, server", list(_knee_cases()), indirect=["server"], scope="session")
-def test_max_rate_at_slo(request, benchmark, save_record, load, server):
-    """Bisection over short open-loop runs for the highest Poisson rate whose p99 meets the SLO. The
-    benchmark's time is the search's, not a figure: max_rate_at_slo in extra_info is. The knee must lie
-    inside the search range, its p99 meet the SLO and the next rate measured above it miss it."""
+def test_max_rate_at_slo(request, benchmark, harness_ceiling, figures_by_id, save_record, load, server):
+    """The highest Poisson rate whose p99 meets the SLO, searched from the spec's measured capacity
+    (fixtures/knee.py). The benchmark's time is the search's, not a figure: max_rate_at_slo in extra_info is."""
     found = []
     with _client(server, load) as client:
         client.closed_loop(16, concurrency=4)  # warm-up
-        benchmark.pedantic(lambda: found.append(_knee_search(client, load)), rounds=1, iterations=1)
+        capacity = _capacity(figures_by_id, client, server.spec, load)
+        benchmark.pedantic(lambda: found.append(_search(client, capacity, load, harness_ceiling)), rounds=1, iterations=1)
     search = found[0]
-    figures = save_record(knee_record(spec=server.spec, search=search, slo_s=load.slo_p99_s, low=load.knee_low,
-                                      high=load.knee_high, iterations=load.knee_iterations, warmup=WARMUP))
-    assert search.problem is None, f"{server.spec.name}: {search.problem}; p99 by rate {figures['p99_ms_by_rate']}"
-    assert search.p99_by_rate[search.rate] <= load.slo_p99_s
-    above = search.p99_by_rate[search.first_miss]
-    assert above is None or above > load.slo_p99_s
-    assert len(search.p99_by_rate) <= load.knee_iterations + 2
-    request.config.stash.setdefault(KNEE, {})[server.spec.name] = search.rate
+    save_record(knee_record(spec=server.spec, search=search, policy=load.knee, capacity=capacity, warmup=WARMUP))
+    assert_knee_found(search, load.knee, server.spec.name)
+    request.config.stash.setdefault(KNEE, {})[server.spec.name] = search.highest_met
 
 
 def _soak_cases():
@@ -100,17 +120,18 @@ def _soak_cases():
 
 @pytest.mark.benchmark(group="soak")
 @pytest.mark.parametrize("load, server", list(_soak_cases()), indirect=["server"], scope="session")
-def test_soak_memory(request, benchmark, save_record, load, server):
-    """Open-loop Poisson load at SOAK_FRACTION of the knee for soak_seconds, the server's RSS read between
+def test_soak_memory(request, benchmark, harness_ceiling, figures_by_id, save_record, load, server):
+    """Open-loop Poisson load at soak_fraction of the knee for soak_seconds, the server's RSS read between
     chunks: RSS growing past the tier's bound from the first chunk to the last is a leak. The knee is this
-    session's max_rate_at_slo of the same spec (searched here when that test did not run)."""
+    session's of the same spec (searched here when that test did not run; a client-bound search gives the
+    highest rate it met)."""
     with _client(server, load) as client:
         client.closed_loop(16, concurrency=4)  # warm-up
         knee = request.config.stash.get(KNEE, {}).get(server.spec.name)
         if knee is None:
-            search = _knee_search(client, load)
-            assert search.problem is None, search.problem
-            knee = search.rate
+            search = _search(client, _capacity(figures_by_id, client, server.spec, load), load, harness_ceiling)
+            assert_knee_found(search, load.knee, server.spec.name)
+            knee = search.highest_met
         rate = load.soak_fraction * knee
         seconds = load.soak_smoke_seconds if benchmark.disabled else load.soak_seconds
         chunks = max(2, round(seconds / load.soak_chunk_seconds))
@@ -146,6 +167,7 @@ def test_fastapi_vs_litserve(benchmark, save_record, load, server, framework, n)
     runs = []
     with _client(server, load, concurrency=n) as client:
         client.closed_loop(n)  # warm-up: opens the n connections the rounds use
+        # 3 rounds of n requests (seed 004's shape; LoadModelTier.fastapi_n says what it costs at other speeds).
         benchmark.pedantic(lambda: runs.append(client.closed_loop(n)), rounds=3, iterations=1)
     # Saved for tests/bench/test_relations.py too: LitServe against FastAPI at the same n.
     figures = save_record(framework_record(spec=server.spec, framework=framework, n=n, runs=runs), requests=request_rows(runs))
