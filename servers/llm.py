@@ -18,12 +18,13 @@ import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import litserve as ls
 from fastapi import HTTPException
 from litserve.specs.openai import OpenAISpec
 
-from servers.llm_models import MODELS, RECIPES, load, model_facts
+from servers.llm_models import MODELS, RECIPES, inductor_settings, load, model_facts
 from servers.runtime import device_type, prepare_main_process, prepare_worker, resolve_device
 from servers.validation import BodyValidator, RequestRejected
 
@@ -70,14 +71,77 @@ class GenerationFailed(RuntimeError):
 
 
 def compile_plan(device: str, static_compile: bool) -> dict:
-    """One compile, chosen here. With a static cache transformers' generate() compiles the model's call
-    itself on CUDA (its default CompileConfig is mode="reduce-overhead": CUDA graphs), which on top of our
-    own torch.compile would compile twice. So: our torch.compile of forward, CUDA graphs on CUDA (decode
-    at batch 1 is launch-bound), and generate() told not to compile (disable_compile)."""
+    """One compile, chosen here: transformers' own. generate() runs the prefill eagerly and compiles only
+    the decode step (GenerationMixin.get_compiled_call) when it is given a compileable cache: a prompt of
+    any length never recompiles, and the static cache is allocated outside the compiled code. Compiling
+    model.forward ourselves instead put the prefill in the graph: each new prompt length recompiled, and
+    the cache, allocated lazily inside the traced prefill, skipped mark_static_address, so on CUDA its
+    buffers became outputs of the CUDA-graph pool. CUDA graphs on CUDA (decode at batch 1 is launch-bound),
+    inductor's default mode on the CPU; the mode is recorded as compile_mode."""
     if not static_compile:
-        return {"compile_mode": None, "generate_kwargs": {}}
-    mode = "reduce-overhead" if device_type(device) == "cuda" else "default"
-    return {"compile_mode": mode, "generate_kwargs": {"cache_implementation": "static", "disable_compile": True}}
+        return {"compile_mode": None, "static_cache": False}
+    return {"compile_mode": "reduce-overhead" if device_type(device) == "cuda" else "default", "static_cache": True}
+
+
+def compile_config(mode: str):
+    """transformers' CompileConfig for the decode step: one graph for every step (fullgraph, static shapes);
+    _compile_all_devices lets generate() compile on a CPU too (it compiles on accelerators only by default)."""
+    from transformers.generation.configuration_utils import CompileConfig
+
+    config = CompileConfig(fullgraph=True, dynamic=False, mode=mode)
+    config._compile_all_devices = True
+    return config
+
+
+def compile_counters() -> dict:
+    """Process-wide compile facts from torch._dynamo's counters: graphs compiled, recompilations, and CUDA
+    graphs inductor skipped (a skipped graph runs without CUDA graphs, slower than its figure claims)."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs_compiled": int(counters["stats"].get("unique_graphs", 0)),
+            "recompiles": int(sum(counters["recompiles"].values())),
+            "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0))}
+
+
+class Generation:
+    """How one worker generates: its model and, for a compiled recipe, one static KV cache allocated once at
+    start-up (outside any compiled code), reset before each generation and passed to generate(), so every
+    request reuses the same buffers and the same compiled decode graph (transformers builds a new cache on
+    every generate() it is not given one)."""
+
+    def __init__(self, model, tokenizer, device: str, static_compile: bool, context: int):
+        import torch
+
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        plan = compile_plan(device, static_compile)
+        self.compile_mode, self.cache, self.generate_kwargs = plan["compile_mode"], None, {}
+        if plan["static_cache"]:
+            from transformers import StaticCache
+
+            config = model.config
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            self.cache = StaticCache(config=config, max_cache_len=context)
+            activation_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+            self.cache.early_initialization(batch_size=1, num_heads=config.num_key_value_heads, head_dim=head_dim,
+                                            dtype=activation_dtype, device=torch.device(device))
+            self.generate_kwargs = {"past_key_values": self.cache, "compile_config": compile_config(plan["compile_mode"])}
+
+    def generate_ids(self, prompt, max_new_tokens: int, exact: bool, streamer=None, temperature: float = 0.0, top_p: float = 1.0):
+        import torch
+
+        if self.cache is not None:
+            self.cache.reset()
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        with torch.inference_mode():
+            return self.model.generate(
+                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens if exact else None, streamer=streamer,
+                pad_token_id=self.tokenizer.eos_token_id, **sampling, **self.generate_kwargs,
+            )
+
+    def cache_pointers(self) -> list:
+        """Where the static cache's buffers live (the same list after every request when the cache is reused)."""
+        return [] if self.cache is None else [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in self.cache.layers]
 
 
 def needs_sync(device: str) -> bool:
@@ -139,27 +203,23 @@ class LLMAPI(ls.LitAPI):
         self.args = args
 
     def setup(self, device):
-        import torch
-
         args = self.args
         self.threads = prepare_worker(args.threads)
         self.device = device
         self.recipe = RECIPES[args.recipe]
         self.tokenizer, self.model = load(args.model, self.recipe, device)
-        plan = compile_plan(device, self.recipe.static_compile)
-        # A fixed-size static cache: one compiled graph for every request (each cache length recompiles).
-        self.generate_kwargs = {**plan["generate_kwargs"], **({"max_cache_len": args.context} if plan["compile_mode"] else {})}
-        if plan["compile_mode"]:
-            self.model.forward = torch.compile(self.model.forward, mode=plan["compile_mode"])
+        # A fixed-size static cache (--context): one compiled decode graph for every request.
+        self.generation_plan = Generation(self.model, self.tokenizer, device, self.recipe.static_compile, args.context)
         # Every generation (warm-up, the direct timing, every request) runs on this one thread: CUDA graph
         # trees are kept per thread, so the API path replays the graphs the direct ceiling measured.
         self.generation = ThreadPoolExecutor(1, thread_name_prefix="generate")
         prompt = self.prompt_ids(BENCH_MESSAGES)
         for _ in range(2):  # warm-up: compile, allocator, kernel choice
             self.on_generation_thread(self.generate_ids, prompt, self.args.bench_max_tokens, exact=True)
+        self.after_warmup = compile_counters()
         self.on_generation_thread(self.write_direct_report, prompt)
         print(f"worker ready: model={args.model} recipe={args.recipe} device={device} threads={self.threads} "
-              f"compile={plan['compile_mode']}", flush=True)
+              f"compile={self.generation_plan.compile_mode}", flush=True)
 
     def on_generation_thread(self, fn, *args, **kwargs):
         return self.generation.submit(fn, *args, **kwargs).result()
@@ -169,16 +229,8 @@ class LLMAPI(ls.LitAPI):
         ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         return ids["input_ids"].to(self.device)
 
-    def generate_ids(self, prompt, max_new_tokens: int, exact: bool, streamer=None, temperature: float = 0.0, top_p: float = 1.0):
-        import torch
-
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-        with torch.inference_mode():
-            return self.model.generate(
-                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
-                min_new_tokens=max_new_tokens if exact else None, streamer=streamer,
-                pad_token_id=self.tokenizer.eos_token_id, **sampling, **self.generate_kwargs,
-            )
+    def generate_ids(self, *args, **kwargs):
+        return self.generation_plan.generate_ids(*args, **kwargs)
 
     def write_direct_report(self, prompt):
         """Direct tokens/s: this worker's model generating --bench-max-tokens in-process, best of 3,
@@ -204,10 +256,20 @@ class LLMAPI(ls.LitAPI):
             "max_new_tokens": n,
             "kv_cache_dtype": self.recipe.precision,
             **model_facts(self.model),
+            "compile": self.compile_report(),
         }
         path = Path(self.args.report_dir) / f"llm-direct-{self.args.port}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=1))
+
+    def compile_report(self) -> Optional[dict]:
+        """For a compiled recipe: its mode, the inductor settings it ran with, and what compiled after the
+        warm-up (during the direct timing: nothing should; the benchmark fails otherwise). None when eager."""
+        if self.generation_plan.compile_mode is None:
+            return None
+        now = compile_counters()
+        return {"mode": self.generation_plan.compile_mode, "inductor_settings": inductor_settings(), **now,
+                "after_warmup": {key: now[key] - self.after_warmup[key] for key in now}}
 
     def predict(self, request, context=None):
         messages = [{"role": m.role, "content": message_text(m.content)} for m in request.messages]

@@ -53,6 +53,36 @@ RECIPES = {
 }
 
 
+# The inductor settings of every compiled recipe, bf16 and quantised alike: torchao's recommended set
+# (torchao/quantization/utils.py, recommended_inductor_config_setter). torchao's configs apply it to the
+# whole process by default (set_inductor_config=True) and only for the quantised recipes, so "int8 vs
+# bf16 compiled" partly measured the compiler; here it is applied to all of them, on purpose, and each
+# worker reports what it ran with (inductor_settings).
+INDUCTOR_SETTINGS = {
+    "coordinate_descent_tuning": True,  # autotunes Triton kernel launch parameters (GPU; C++ on CPU ignores it)
+    "coordinate_descent_check_all_directions": True,
+    "force_fuse_int_mm_with_mul": True,  # int8 matmul + scale in one kernel
+    "fx_graph_cache": True,  # compiled graphs reused across processes (TORCHINDUCTOR_CACHE_DIR)
+    "triton.unique_kernel_names": True,
+}
+
+
+def apply_inductor_settings() -> dict:
+    """Set INDUCTOR_SETTINGS and return them as torch._inductor.config reads back (what the compile will use)."""
+    from torch._inductor import config
+
+    for name, value in INDUCTOR_SETTINGS.items():
+        setattr(config, name, value)
+    return inductor_settings()
+
+
+def inductor_settings() -> dict:
+    """The current values of the settings INDUCTOR_SETTINGS names."""
+    from torch._inductor import config
+
+    return {name: getattr(config, name) for name in INDUCTOR_SETTINGS}
+
+
 def torchao_config(name: str, device: str):
     """name -> torchao quantisation config for quantize_(). int4 on CPU needs the prototype config
     (Int4WeightOnlyConfig wants CUDA); its group size must divide the layer widths (576 for 135M).
@@ -62,21 +92,21 @@ def torchao_config(name: str, device: str):
     if name == "int8wo":
         from torchao.quantization import Int8WeightOnlyConfig
 
-        return Int8WeightOnlyConfig()
+        return Int8WeightOnlyConfig(set_inductor_config=False)  # INDUCTOR_SETTINGS instead
     if name == "int4wo":
         if device_type(device) == "cuda":
             from torchao.quantization import Int4WeightOnlyConfig
 
             # tinygemm's tile-packed format runs on torch's own CUDA kernel (_weight_int4pack_mm);
             # the default plain format needs an extra kernel package.
-            return Int4WeightOnlyConfig(group_size=64, int4_packing_format="tile_packed_to_4d")
+            return Int4WeightOnlyConfig(group_size=64, int4_packing_format="tile_packed_to_4d", set_inductor_config=False)
         from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
 
-        return PrototypeInt4WeightOnlyConfig(group_size=64)
+        return PrototypeInt4WeightOnlyConfig(group_size=64, set_inductor_config=False)
     if name == "float8dq":
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
 
-        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
     raise KeyError(f"unknown quantization {name!r}")
 
 
@@ -130,6 +160,8 @@ def load(model_name: str, recipe: Recipe, device: str):
         from torchao.quantization import quantize_
 
         quantize_(model, torchao_config(recipe.quantization, device))
+    if recipe.static_compile:
+        apply_inductor_settings()
     return tokenizer, model
 
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from servers.llm import GenerationFailed, compile_plan, needs_sync, stream_tokens
+from servers.llm import GenerationFailed, compile_config, compile_plan, needs_sync, stream_tokens
 from servers.llm_models import RECIPES, torchao_config
 from servers.runtime import device_type
 from fixtures.variants import llm_variants
@@ -37,20 +37,24 @@ def test_cuda_int4_needs_sm80_on_the_gpu_tier_only():
 
 def test_one_compile_chosen_on_purpose():
     cuda = compile_plan("cuda:0", static_compile=True)
-    assert cuda["compile_mode"] == "reduce-overhead"  # CUDA graphs, ours
-    assert cuda["generate_kwargs"] == {"cache_implementation": "static", "disable_compile": True}  # not transformers'
+    assert cuda == {"compile_mode": "reduce-overhead", "static_cache": True}  # CUDA graphs on the decode step
     assert compile_plan("cpu", True)["compile_mode"] == "default"
-    assert compile_plan("cuda:0", static_compile=False) == {"compile_mode": None, "generate_kwargs": {}}
+    assert compile_plan("cuda:0", static_compile=False) == {"compile_mode": None, "static_cache": False}
+    config = compile_config("reduce-overhead")
+    assert config.mode == "reduce-overhead" and config.fullgraph and config.dynamic is False
 
 
-def test_transformers_honours_disable_compile():
-    """The flag compile_plan relies on: transformers' auto-compile check reads it first."""
+def test_transformers_compiles_the_decode_step_only_and_on_any_device_when_asked():
+    """What compile_plan relies on: generate() runs the prefill through the plain call and the decode steps
+    through get_compiled_call, and compiles on a CPU when the CompileConfig says _compile_all_devices."""
     import inspect
 
     from transformers.generation.utils import GenerationMixin
 
-    source = inspect.getsource(GenerationMixin._valid_auto_compile_criteria)
-    assert "disable_compile" in source.split("valid_hardware")[0]
+    sample = inspect.getsource(GenerationMixin._sample)
+    assert "get_compiled_call" in sample and "self._prefill(" in sample
+    assert "return self(**model_inputs" in inspect.getsource(GenerationMixin._prefill)
+    assert "_compile_all_devices" in inspect.getsource(GenerationMixin._valid_auto_compile_criteria)
 
 
 def test_generation_runs_on_one_long_lived_thread():

@@ -102,13 +102,15 @@ def test_the_summary_page_says_what_a_reviewer_needs_in_a_minute(tmp_path):
         floor_results={"cpu-batched-c8": "held", "cpu-llm_eager_bf16": ["cpu-llm_eager_bf16: tokens_per_s measured 9 < floor 12"],
                        "cpu-new-c1": "no floor for cpu/Xeon/2c/amx"},
         relations=[{"name": "batching beats baseline", "status": "held", "message": "2.1x"},
-                   {"name": "litserve beats fastapi", "status": "violated", "message": "0.8x < 1.0x"}])
+                   {"name": "litserve beats fastapi", "status": "violated", "message": "0.8x < 1.0x"},
+                   {"name": "gpu: int8 beats bf16", "status": "recorded", "message": "ratio 1.050; not asserted: unmeasured"}])
     point = ChangePoint("cpu-batched-c8", "rps", "8" * 40, "Slow the decode down", "2026-11-20T00:00:00", 7,
                         125.0, 100.0, -0.2, 1e-5)
     page = summary_page(run, [point], [".benchmarks/plots/index.md"])
     assert "`cpu/Xeon/2c/amx`" in page and "**Floors: FAIL** (1 held, 1 failed, 1 without a floor" in page
     assert "tokens_per_s measured 9 < floor 12" in page
-    assert "**Relations: FAIL** (1 held, 1 violated)" in page and "litserve beats fastapi: 0.8x < 1.0x" in page
+    assert "**Relations: FAIL** (1 held, 1 recorded, 1 violated)" in page and "litserve beats fastapi: 0.8x < 1.0x" in page
+    assert "- recorded, not asserted: gpu: int8 beats bf16: ratio 1.050; not asserted: unmeasured" in page
     assert "| `88888888` | cpu-batched-c8 | rps | 125 | 100 | -20.0% (worse) | 1e-05 | Slow the decode down |" in page
     assert "| cpu-batched-c8 | 125.0 | 210.0 |" in page and "| cpu-llm_eager_bf16 | 18.9 | 19.3 |" in page
     assert "[index.md](.benchmarks/plots/index.md)" in page

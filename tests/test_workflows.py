@@ -8,16 +8,44 @@ import yaml
 WORKFLOWS = Path(__file__).resolve().parent.parent / ".github" / "workflows"
 
 
-def test_the_gpu_workflow_gates_on_the_doctor_and_splits_its_jobs():
+def _needs(job) -> set:
+    needs = job.get("needs", [])
+    return {needs} if isinstance(needs, str) else set(needs)
+
+
+def test_the_gpu_workflow_gates_on_the_doctor_and_runs_its_gpu_jobs_one_after_another():
+    """Jobs that need only the doctor may run at once on a host with several runner instances sharing one GPU."""
     jobs = yaml.safe_load((WORKFLOWS / "gpu-bench.yml").read_text())["jobs"]
     assert set(jobs) == {"doctor", "functional", "classifier", "llm"}
-    assert all(jobs[name]["needs"] == "doctor" for name in ("functional", "classifier", "llm"))
+    assert _needs(jobs["functional"]) == {"doctor"}
+    assert _needs(jobs["classifier"]) == {"doctor", "functional"} and _needs(jobs["llm"]) == {"doctor", "classifier"}
+    for name in ("classifier", "llm"):  # one failure does not hide the rest; a failed doctor stops them
+        assert "!cancelled()" in jobs[name]["if"] and "needs.doctor.result == 'success'" in jobs[name]["if"]
     assert all(isinstance(job["timeout-minutes"], int) for job in jobs.values())
     doctor_runs = " ".join(step.get("run", "") for step in jobs["doctor"]["steps"])
     assert "nvidia-smi" in doctor_runs and "torch.cuda.is_available()" in doctor_runs
     assert "fixtures.doctor --require-gpu" in doctor_runs
-    cached = next(step for step in jobs["doctor"]["steps"] if step.get("uses", "").startswith("actions/cache@"))
-    assert {".venv", "fixtures/data", ".cache"} <= set(cached["with"]["path"].split())
+
+
+def test_each_gpu_cache_is_saved_by_the_job_that_fills_it_and_keyed_by_the_lock():
+    """With actions/cache in the doctor only, its key was taken first and every later job hit it and never
+    saved: the model and inductor caches stayed cold on every run. packages.lock was not in the key."""
+    jobs = yaml.safe_load((WORKFLOWS / "gpu-bench.yml").read_text())["jobs"]
+
+    def steps_using(job, action):
+        return [step for step in jobs[job]["steps"] if step.get("uses", "").startswith(action)]
+
+    assert not any(steps_using(job, "actions/cache@") for job in jobs)  # restore and save, each on purpose
+    venv_saves = steps_using("doctor", "actions/cache/save@")
+    assert any({".venv", "fixtures/data"} <= set(step["with"]["path"].split()) for step in venv_saves)
+    for job in ("doctor", "functional", "classifier", "llm"):
+        restored = [step for step in steps_using(job, "actions/cache/restore@") if ".venv" in step["with"]["path"]]
+        assert restored and "packages.lock" in restored[0]["with"]["key"], job
+    for job in ("functional", "classifier", "llm"):
+        saves = [step for step in steps_using(job, "actions/cache/save@") if step["with"]["path"].strip() == ".cache"]
+        assert saves and saves[0]["if"] == "always()" and "github.run_id" in saves[0]["with"]["key"], job
+        restore = next(step for step in steps_using(job, "actions/cache/restore@") if step["with"]["path"].strip() == ".cache")
+        assert restore["with"]["restore-keys"], job  # the newest cache any earlier run saved
 
 
 def test_the_cpu_workflow_runs_the_readme_test_command():

@@ -1,0 +1,84 @@
+"""The compiled LLM recipes on the CPU, where the GPU's first run would otherwise find out: one static KV
+cache per worker, allocated outside compiled code and reused by every request; one compiled decode graph
+that prompts of any length never recompile; and the same inductor settings for every compiled recipe."""
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from fixtures.records import compile_problem
+from servers.llm import Generation, compile_counters
+from servers.llm_models import INDUCTOR_SETTINGS, RECIPES
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=512, max_position_embeddings=256)
+    return LlamaForCausalLM(config).eval().to(torch.bfloat16)
+
+
+def test_a_compiled_worker_reuses_one_cache_and_one_graph_across_prompt_lengths(tiny_model):
+    """Compiling model.forward put the prefill in the graph: each new prompt length recompiled, and the cache,
+    allocated inside the traced prefill, skipped mark_static_address (on CUDA, CUDA-graph outputs that the
+    next step may overwrite). transformers also built a new cache per generate()."""
+    import torch
+
+    generation = Generation(tiny_model, SimpleNamespace(eos_token_id=0), "cpu", static_compile=True, context=64)
+    cache, pointers = generation.cache, generation.cache_pointers()
+    assert cache is not None and all(pointer for pair in pointers for pointer in pair)  # allocated at start-up
+
+    def generate(length):
+        prompt = torch.randint(1, 512, (1, length))
+        return generation.generate_ids(prompt, max_new_tokens=6, exact=True)
+
+    for _ in range(2):  # the worker's warm-up
+        generate(10)
+    after_warmup = compile_counters()
+    assert after_warmup["graphs_compiled"] >= 1
+    outputs = [generate(length) for length in (5, 17, 40)]  # requests of other lengths, within the context
+    assert [out.shape[1] for out in outputs] == [11, 23, 46]
+    assert compile_counters() == after_warmup, "a request after the warm-up compiled or recompiled"
+    assert generation.cache is cache and generation.cache_pointers() == pointers
+
+
+def test_an_eager_recipe_has_no_cache_to_keep_and_nothing_to_compile(tiny_model):
+    generation = Generation(tiny_model, SimpleNamespace(eos_token_id=0), "cpu", static_compile=False, context=64)
+    assert generation.cache is None and generation.generate_kwargs == {} and generation.compile_mode is None
+
+
+def test_a_run_that_compiled_after_its_warm_up_is_not_trusted():
+    steady = {"mode": "default", "cudagraph_skips": 0, "after_warmup": {"graphs_compiled": 0, "recompiles": 0, "cudagraph_skips": 0}}
+    assert compile_problem(None) is None and compile_problem(steady) is None
+    late = {**steady, "after_warmup": {**steady["after_warmup"], "recompiles": 2}}
+    assert "recompiles" in compile_problem(late)
+    assert "CUDA graphs skipped 3" in compile_problem({**steady, "mode": "reduce-overhead", "cudagraph_skips": 3})
+
+
+SETTINGS_OF_RECIPE = """
+import json, sys
+from servers.llm_models import RECIPES, inductor_settings, load
+load("smollm2-135m", RECIPES[sys.argv[1]], "cpu")
+print(json.dumps(inductor_settings()))
+"""
+
+
+def test_every_compiled_recipe_runs_under_the_same_inductor_settings():
+    """torchao's configs set their recommended inductor settings for the whole process (set_inductor_config
+    defaults to True), so the quantised recipes compiled under other settings than static_compile."""
+    compiled = [name for name, recipe in RECIPES.items() if recipe.static_compile and not recipe.needs_gpu]
+    assert {"static_compile", "torchao_int8wo", "torchao_int4wo"} <= set(compiled)
+    ran_with = {}
+    for name in compiled:  # one process each: inductor's settings are process-wide
+        done = subprocess.run([sys.executable, "-c", SETTINGS_OF_RECIPE, name], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        ran_with[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(settings == INDUCTOR_SETTINGS for settings in ran_with.values()), ran_with
