@@ -24,7 +24,7 @@ import litserve as ls
 from fastapi import HTTPException
 from litserve.specs.openai import OpenAISpec
 
-from servers.llm_models import MODELS, RECIPES, inductor_settings, load, model_facts
+from servers.llm_models import MODELS, RECIPES, apply_inductor_settings, inductor_settings, load, model_facts
 from servers.runtime import device_type, prepare_main_process, prepare_worker, resolve_device
 from servers.validation import BodyValidator, RequestRejected
 
@@ -84,11 +84,12 @@ def compile_plan(device: str, static_compile: bool) -> dict:
 
 
 def compile_config(mode: str):
-    """transformers' CompileConfig for the decode step: one graph for every step (fullgraph, static shapes);
-    _compile_all_devices lets generate() compile on a CPU too (it compiles on accelerators only by default)."""
+    """transformers' CompileConfig for the decode step: static shapes (every step has the same), graph breaks
+    allowed as before (torchao's tensor subclasses may break a graph: counted in graphs_compiled, never an
+    error); _compile_all_devices lets generate() compile on a CPU too (it compiles on accelerators only)."""
     from transformers.generation.configuration_utils import CompileConfig
 
-    config = CompileConfig(fullgraph=True, dynamic=False, mode=mode)
+    config = CompileConfig(fullgraph=False, dynamic=False, mode=mode)
     config._compile_all_devices = True
     return config
 
@@ -113,7 +114,14 @@ class Generation:
         import torch
 
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        # Every generation (warm-up, the direct timing, every request) runs on this one thread: CUDA graph
+        # trees are kept per thread, so the API path replays the graphs the direct ceiling measured; and
+        # torch 2.14's inductor settings are per thread (ContextVars), so they are set on this thread, the
+        # one that compiles (set on another, as torchao's quantize_ did, they never reach the compile).
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="generate")
         plan = compile_plan(device, static_compile)
+        if plan["compile_mode"]:
+            self.run(apply_inductor_settings)
         self.compile_mode, self.cache, self.generate_kwargs = plan["compile_mode"], None, {}
         if plan["static_cache"]:
             from transformers import StaticCache
@@ -138,6 +146,10 @@ class Generation:
                 min_new_tokens=max_new_tokens if exact else None, streamer=streamer,
                 pad_token_id=self.tokenizer.eos_token_id, **sampling, **self.generate_kwargs,
             )
+
+    def run(self, fn, *args, **kwargs):
+        """fn on the generation thread, waited for."""
+        return self.thread.submit(fn, *args, **kwargs).result()
 
     def cache_pointers(self) -> list:
         """Where the static cache's buffers live (the same list after every request when the cache is reused)."""
@@ -210,9 +222,7 @@ class LLMAPI(ls.LitAPI):
         self.tokenizer, self.model = load(args.model, self.recipe, device)
         # A fixed-size static cache (--context): one compiled decode graph for every request.
         self.generation_plan = Generation(self.model, self.tokenizer, device, self.recipe.static_compile, args.context)
-        # Every generation (warm-up, the direct timing, every request) runs on this one thread: CUDA graph
-        # trees are kept per thread, so the API path replays the graphs the direct ceiling measured.
-        self.generation = ThreadPoolExecutor(1, thread_name_prefix="generate")
+        self.generation = self.generation_plan.thread
         prompt = self.prompt_ids(BENCH_MESSAGES)
         for _ in range(2):  # warm-up: compile, allocator, kernel choice
             self.on_generation_thread(self.generate_ids, prompt, self.args.bench_max_tokens, exact=True)
@@ -222,7 +232,7 @@ class LLMAPI(ls.LitAPI):
               f"compile={self.generation_plan.compile_mode}", flush=True)
 
     def on_generation_thread(self, fn, *args, **kwargs):
-        return self.generation.submit(fn, *args, **kwargs).result()
+        return self.generation_plan.run(fn, *args, **kwargs)
 
     def prompt_ids(self, messages):
         chat = [{"role": m["role"], "content": m["content"]} for m in messages]

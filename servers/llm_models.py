@@ -38,6 +38,9 @@ class Recipe:
     static_compile: bool = False  # static KV cache + torch.compile of the forward pass
     needs_gpu: bool = False
     min_compute_capability: Optional[tuple] = None  # on CUDA; the CPU path has no such limit
+    # ((capability, why), ...): capabilities the recipe runs on by its minimum but whose path no GPU of that
+    # capability has measured yet (make doctor names them)
+    unverified_on: tuple = ()
 
 
 # Explicit name -> recipe: benchmark ids are llm_<name>, so `-k llm_torchao` selects the torchao ones.
@@ -49,15 +52,18 @@ RECIPES = {
     # CUDA int4 runs tinygemm (torch's _weight_int4pack_mm), which needs sm80+ and bf16 weights.
     "torchao_int4wo": Recipe("bf16", quantization="int4wo", static_compile=True, min_compute_capability=(8, 0)),
     "torchao_float8": Recipe("bf16", quantization="float8dq", static_compile=True, needs_gpu=True,
-                             min_compute_capability=(8, 9)),
+                             min_compute_capability=(8, 9),
+                             unverified_on=(((8, 9), "float8 with rowwise scales goes through torch._scaled_mm's rowwise "
+                                                     "path on sm89, not measured on such a GPU yet"),)),
 }
 
 
 # The inductor settings of every compiled recipe, bf16 and quantised alike: torchao's recommended set
-# (torchao/quantization/utils.py, recommended_inductor_config_setter). torchao's configs apply it to the
-# whole process by default (set_inductor_config=True) and only for the quantised recipes, so "int8 vs
-# bf16 compiled" partly measured the compiler; here it is applied to all of them, on purpose, and each
-# worker reports what it ran with (inductor_settings).
+# (torchao/quantization/utils.py, recommended_inductor_config_setter). torchao's configs apply it by default
+# (set_inductor_config=True), for the quantised recipes only and in the thread that quantises: torch 2.14
+# keeps inductor settings per thread (ContextVars), so they never reached the generation thread that
+# compiles. Here they are applied on purpose to every compiled recipe, on the thread that compiles
+# (servers.llm.Generation), and each worker reports what its compile ran with (inductor_settings).
 INDUCTOR_SETTINGS = {
     "coordinate_descent_tuning": True,  # autotunes Triton kernel launch parameters (GPU; C++ on CPU ignores it)
     "coordinate_descent_check_all_directions": True,
@@ -160,8 +166,6 @@ def load(model_name: str, recipe: Recipe, device: str):
         from torchao.quantization import quantize_
 
         quantize_(model, torchao_config(recipe.quantization, device))
-    if recipe.static_compile:
-        apply_inductor_settings()
     return tokenizer, model
 
 

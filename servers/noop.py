@@ -1,9 +1,11 @@
 """A LitServe API that does nothing: the harness's own tests start it (1-3 s) instead of a model.
 
     python -m servers.noop --port 8000 [--setup-delay S] [--fail-setup] [--max-batch-size N]
+                                  [--workers-per-device N] [--crash-later-workers PATH]
 """
 
 import argparse
+import os
 import time
 
 import litserve as ls
@@ -12,15 +14,22 @@ from servers.runtime import prepare_main_process, prepare_worker
 
 
 class NoopAPI(ls.LitAPI):
-    def __init__(self, setup_delay_s: float, fail_setup: bool, max_batch_size: int):
+    def __init__(self, setup_delay_s: float, fail_setup: bool, max_batch_size: int, crash_later_workers: str = None):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=0.001 if max_batch_size > 1 else 0.0)
         self.setup_delay_s = setup_delay_s
         self.fail_setup = fail_setup
+        self.crash_later_workers = crash_later_workers
 
     def setup(self, device):
         prepare_worker(threads=1)
         if self.fail_setup:
             raise RuntimeError("noop server asked to fail in setup (--fail-setup)")
+        if self.crash_later_workers:
+            try:  # the first worker here creates the file and serves; every later one dies, as a crash would
+                os.close(os.open(self.crash_later_workers, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                print("noop worker crashing in setup (--crash-later-workers)", flush=True)
+                os._exit(3)
         time.sleep(self.setup_delay_s)
 
     def decode_request(self, request):
@@ -41,8 +50,9 @@ def main(argv=None):
     p.add_argument("--fail-setup", action="store_true")
     p.add_argument("--max-batch-size", type=int, default=1)
     p.add_argument("--workers-per-device", type=int, default=1)
+    p.add_argument("--crash-later-workers", help="test-only: the first worker creates this file; later ones exit in setup")
     args = p.parse_args(argv)
-    api = NoopAPI(args.setup_delay, args.fail_setup, args.max_batch_size)
+    api = NoopAPI(args.setup_delay, args.fail_setup, args.max_batch_size, args.crash_later_workers)
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=args.workers_per_device)
     server.uvicorn_graceful_timeout = 2
     try:

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from fixtures.doctor import Facts, checks, gpu_recipe_minimums
+from fixtures.doctor import Facts, checks, gpu_recipe_minimums, gpu_recipe_unverified
 from fixtures.server import REPO_ROOT
 
 PACKAGES = {"torch": "2.14.1", "torchvision": "0.29.1", "litserve": "0.2.19", "timm": "1.0", "transformers": "5.23.0",
@@ -19,7 +19,7 @@ def facts(**overrides) -> Facts:
 
 
 def verdicts(f: Facts, require_gpu=False) -> dict:
-    return {c.name: (c.status, c.detail) for c in checks(f, require_gpu, gpu_recipe_minimums())}
+    return {c.name: (c.status, c.detail) for c in checks(f, require_gpu, gpu_recipe_minimums(), gpu_recipe_unverified())}
 
 
 def test_an_r535_l4_image_with_the_cuda13_torch_fails_with_the_fix():
@@ -33,7 +33,14 @@ def test_a_t4_skips_the_recipes_it_cannot_run_and_says_which():
     t4 = [{"cuda_index": 0, "nvml_index": 0, "name": "Tesla T4", "capability": (7, 5), "free_gib": 14.5, "datasheet": "known"}]
     status, detail = verdicts(facts(gpus=t4))["cuda:0 recipes"]
     assert status == "WARN" and "gpu-llm_torchao_int4wo" in detail and "gpu-llm_torchao_float8" in detail
-    assert verdicts(facts())["cuda:0 recipes"][0] == "PASS"  # an L4 (8.9) runs them all
+    h100 = [{**facts().gpus[0], "name": "NVIDIA H100 80GB HBM3", "capability": (9, 0)}]
+    assert verdicts(facts(gpus=h100))["cuda:0 recipes"][0] == "PASS"  # an H100 (9.0) runs them all
+
+
+def test_an_l4_runs_every_recipe_and_names_float8_as_unverified_on_sm89():
+    status, detail = verdicts(facts())["cuda:0 recipes"]  # an L4 is (8, 9)
+    assert status == "WARN" and "will skip" not in detail
+    assert "unverified on this capability until measured: gpu-llm_torchao_float8" in detail and "_scaled_mm" in detail
 
 
 def test_a_cuda_device_missing_from_nvml_fails_and_an_unknown_datasheet_warns():

@@ -117,6 +117,20 @@ def test_crash_at_startup_fails_fast_with_exit_code_and_log_tail(tmp_path):
     assert not error.value.server.alive_pids()
 
 
+def test_a_worker_that_dies_while_another_starts_fails_the_start_at_once(tmp_path):
+    """LitServe answers /health 200 only when every worker is ready; with one worker ready and one dead it
+    stays 503, and the start used to wait out the whole timeout."""
+    spec = ServerSpec(name="one-worker-crashes", module="servers.noop",
+                      options=(("workers-per-device", 2), ("crash-later-workers", tmp_path / "first-worker")))
+    started = time.monotonic()
+    with pytest.raises(ServerStartError) as error:
+        start_server(spec, tmp_path, timeout_s=90)
+    assert time.monotonic() - started < 45
+    message = str(error.value)
+    assert "died during start-up" in message and "crashing in setup" in message  # the log tail
+    assert not error.value.server.alive_pids()
+
+
 def test_never_ready_fails_at_the_deadline_and_is_stopped(tmp_path):
     spec = ServerSpec(name="never-ready", module="servers.noop", options=(("setup-delay", 600),))
     with pytest.raises(ServerStartError, match=r"not ready after 4 s") as error:
