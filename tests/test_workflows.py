@@ -58,3 +58,33 @@ def test_both_workflows_write_the_summary_page():
         steps = yaml.safe_load((WORKFLOWS / name).read_text())["jobs"][job]["steps"]
         summary = [step for step in steps if "fixtures.report --summary" in step.get("run", "")]
         assert summary and "$GITHUB_STEP_SUMMARY" in summary[0]["run"] and summary[0]["if"] == "always()", (name, job)
+
+
+def _actionlint(repo: Path):
+    """actionlint over a repository's workflows, with shellcheck on their run: scripts (both from the venv)."""
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    return subprocess.run([str(bin_dir / "actionlint"), "-shellcheck", str(bin_dir / "shellcheck"), "-no-color"],
+                          cwd=repo, capture_output=True, text=True, timeout=120)
+
+
+def test_actionlint_and_shellcheck_find_nothing_in_the_workflows():
+    """Every action on a runtime GitHub runs (node20 was removed from runners on 2026-09-23), the self-hosted
+    labels declared in .github/actionlint.yaml, and shellcheck clean run: scripts."""
+    found = _actionlint(WORKFLOWS.parent.parent)
+    assert found.returncode == 0 and not found.stdout.strip(), found.stdout + found.stderr
+
+
+def test_actionlint_would_catch_a_node20_action_and_an_undeclared_label(tmp_path):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".github" / "workflows").mkdir(parents=True)
+    (tmp_path / ".github" / "workflows" / "old.yml").write_text(
+        "on: push\njobs:\n  x:\n    runs-on: [self-hosted, tpu]\n    steps:\n      - uses: actions/checkout@v4\n"
+        "      - run: echo $UNQUOTED_VAR\n")
+    found = _actionlint(tmp_path)
+    assert found.returncode == 1
+    assert "node20" in found.stdout and 'label "tpu" is unknown' in found.stdout and "shellcheck" in found.stdout
