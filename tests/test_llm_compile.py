@@ -103,3 +103,12 @@ def test_inductor_settings_are_per_thread_so_they_are_set_on_the_thread_that_com
     assert generation.run(inductor_settings) == INDUCTOR_SETTINGS
     eager = Generation(tiny_model, SimpleNamespace(eos_token_id=0), "cpu", static_compile=False, context=64)
     assert eager.run(inductor_settings)["coordinate_descent_tuning"] is False  # a fresh thread has the defaults
+
+
+@pytest.mark.parametrize("name, device", [("int8wo", "cpu"), ("int4wo", "cpu"), ("int8wo", "cuda:0"), ("int4wo", "cuda:0"),
+                                          ("float8dq", "cuda:0")])
+def test_no_torchao_config_sets_inductor_settings_of_its_own(name, device):
+    """The CUDA configs too (constructing one needs no GPU): INDUCTOR_SETTINGS is the one place they come from."""
+    from servers.llm_models import torchao_config
+
+    assert torchao_config(name, device).set_inductor_config is False

@@ -5,15 +5,13 @@ the same classifier made slower on purpose (each predict sleeps first)."""
 
 import pytest
 
-from fixtures.answers import classifier_check
+from fixtures.answers import checked_classifier_client
 from fixtures.client_ceiling import client_ceiling
-from fixtures.images import real_image_bodies
 from fixtures.knee import find_knee, knee_rate_cap, open_loop_p99, probe_capacity
-from fixtures.load import LoadClient, arrival_schedule
+from fixtures.load import LoadClient, soak
 from fixtures.metrics import error_breakdown, rss_growth_problem, summarize
 from fixtures.server import start_server
-from fixtures.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, ServerSpec, classifier_args, classifier_variants
-from servers import classifier
+from fixtures.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, ServerSpec, classifier_variants
 
 TIER, LOAD = CLASSIFIER_TIERS["cpu"], LOAD_MODEL_TIERS["cpu"]
 BASELINE = classifier_variants("cpu")["baseline"]
@@ -26,9 +24,7 @@ NOOP = ServerSpec(name="litserve-noop", module="servers.noop", startup_timeout_s
 def _client(spec, server):
     if spec.module == "servers.noop":
         return LoadClient(f"{server.url}/predict", [b"{}"])
-    served = classifier.config_from_args(classifier_args(spec))
-    return LoadClient(f"{server.url}/predict", real_image_bodies(served.input_size),
-                      check=classifier_check(classifier.served_labels(served), served.top_k))
+    return checked_classifier_client(server.url, spec)
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +47,11 @@ def test_knee_poisson_fractions_and_soak_hold_at_any_speed(spec, ceiling, tmp_pa
             assert len(search.p99_by_rate) <= LOAD.knee.max_probes
             assert search.bracketed or search.client_bound
 
-            for fraction in LOAD.poisson_fractions:
-                rate = fraction * capacity.rps
-                run = client.open_loop(arrival_schedule(rate, max(1, round(rate * LOAD.poisson_seconds)), seed=0))
-                assert summarize(run.results, run.wall_s).errors == 0, error_breakdown(run.results)
-
-            soak_rate, rss = LOAD.soak_fraction * search.highest_met, [server.rss_bytes()]
-            for chunk in range(max(2, round(LOAD.soak_smoke_seconds / LOAD.soak_chunk_seconds))):
-                run = client.open_loop(arrival_schedule(soak_rate, max(1, round(soak_rate * LOAD.soak_chunk_seconds)),
-                                                        seed=100 + chunk))
-                assert summarize(run.results, run.wall_s).errors == 0, error_breakdown(run.results)
-                rss.append(server.rss_bytes())
+            runs = [client.poisson(capacity.at(fraction), LOAD.poisson_seconds, seed=0) for fraction in LOAD.poisson_fractions]
+            soaked, rss = soak(client, LOAD.soak_fraction * search.highest_met, LOAD.soak_smoke_seconds,
+                               LOAD.soak_chunk_seconds, server.rss_bytes)
+            results = [r for run in runs + soaked for r in run.results]
+            assert summarize(results, 1.0).errors == 0, error_breakdown(results)
             assert rss_growth_problem(rss, LOAD.soak_max_rss_growth_mib) is None
     finally:
         server.stop()

@@ -7,15 +7,13 @@ import time
 
 import pytest
 
-from fixtures.answers import classifier_check
-from fixtures.images import real_image_bodies
-from fixtures.load import LoadClient, arrival_schedule
+from fixtures.answers import checked_classifier_client
+from fixtures.load import soak
 from fixtures.knee import Capacity, find_knee, knee_rate_cap, open_loop_p99, probe_capacity
 from fixtures.metrics import error_breakdown, rss_growth_problem
 from fixtures.records import framework_record, knee_record, open_loop_record, soak_record
 from fixtures.request_log import request_rows
-from fixtures.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_args, classifier_variants, fastapi_comparison_specs
-from servers import classifier
+from fixtures.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_variants, fastapi_comparison_specs
 
 KNEE = pytest.StashKey[dict]()  # spec name -> the rate this session's knee search found, for the soak
 
@@ -25,11 +23,7 @@ def _gpu_marks(tier_name):
 
 
 def _client(server, load, concurrency=None):
-    """A LoadClient on the real photos whose every answer is checked against the served model's labels."""
-    served = classifier.config_from_args(classifier_args(server.spec))
-    bodies = real_image_bodies(CLASSIFIER_TIERS[load.classifier_tier].input_size)
-    check = classifier_check(classifier.served_labels(served), served.top_k)
-    return LoadClient(f"{server.url}/predict", bodies, concurrency, check)
+    return checked_classifier_client(server.url, server.spec, concurrency)
 
 
 # A count, not a time: 16 requests open 4 connections and pass each worker's first batches; 0.1 s on the
@@ -63,10 +57,9 @@ def test_poisson_open_loop(benchmark, harness_ceiling, figures_by_id, save_recor
     with _client(server, load) as client:
         client.closed_loop(16, concurrency=4)  # warm-up
         capacity = _capacity(figures_by_id, client, server.spec, load)
-        rate = fraction * capacity.rps
-        schedule = arrival_schedule(rate, max(1, round(rate * load.poisson_seconds)), seed=0)
         # 3 rounds of poisson_seconds each: a time at any speed (the request count follows the rate).
-        benchmark.pedantic(lambda: runs.append(client.open_loop(schedule)), rounds=3, iterations=1, warmup_rounds=0)
+        benchmark.pedantic(lambda: runs.append(client.poisson(capacity.at(fraction), load.poisson_seconds, seed=0)),
+                           rounds=3, iterations=1, warmup_rounds=0)
     figures = save_record(open_loop_record(spec=server.spec, capacity=capacity, fraction=fraction, seed=0, runs=runs,
                                            slo_s=load.slo_p99_s, client_ceiling=harness_ceiling, warmup=WARMUP),
                           requests=request_rows(runs))
@@ -134,17 +127,10 @@ def test_soak_memory(request, benchmark, harness_ceiling, figures_by_id, save_re
             knee = search.highest_met
         rate = load.soak_fraction * knee
         seconds = load.soak_smoke_seconds if benchmark.disabled else load.soak_seconds
-        chunks = max(2, round(seconds / load.soak_chunk_seconds))
-        rss, runs = [server.rss_bytes()], []
-        started = time.monotonic()
-
-        def soak():
-            for chunk in range(chunks):
-                schedule = arrival_schedule(rate, max(1, round(rate * load.soak_chunk_seconds)), seed=100 + chunk)
-                runs.append(client.open_loop(schedule))
-                rss.append(server.rss_bytes())
-
-        benchmark.pedantic(soak, rounds=1, iterations=1)
+        started, soaked = time.monotonic(), []
+        benchmark.pedantic(lambda: soaked.append(soak(client, rate, seconds, load.soak_chunk_seconds, server.rss_bytes)),
+                           rounds=1, iterations=1)
+        runs, rss = soaked[0]
     figures = save_record(soak_record(spec=server.spec, knee=knee, fraction=load.soak_fraction,
                                       seconds=time.monotonic() - started, runs=runs, rss=rss,
                                       bound_mib=load.soak_max_rss_growth_mib), requests=request_rows(runs))
