@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-.PHONY: calibrate doctor gpu-smoke install lock test test-functional test-compile test-bench-smoke bench bench-gpu compare plots regression clean
+.PHONY: ab calibrate doctor gpu-smoke install lock test test-functional test-compile test-bench-smoke bench bench-gpu compare plots regression clean
 
 $(STAMP): pyproject.toml constraints.txt packages.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,15 @@ bench: install
 
 bench-gpu: install
 	$(PYTEST) tests/bench --benchmark-autosave --require-gpu
+
+# A/B of two commits on this machine (fixtures/ab.py): both servers side by side, rounds interleaved in a random
+# order, over several fresh launches; exits 1 when HEAD is slower beyond the noise and past the threshold.
+# The default selection is CI's pull-request gate: the classifier's batch_workers at c=8 and the LLM's eager bf16.
+BASE ?= origin/main
+HEAD ?= HEAD
+AB_SELECTION ?= batch_workers-c8 or llm_eager_bf16
+ab: install
+	HF_HUB_OFFLINE=1 $(PY) -m fixtures.ab "$(BASE)" "$(HEAD)" -k "$(AB_SELECTION)" --markdown
 
 # Compare the two latest saved runs of this machine.
 compare: install

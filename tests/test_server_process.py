@@ -127,7 +127,10 @@ def test_a_worker_that_dies_while_another_starts_fails_the_start_at_once(tmp_pat
         start_server(spec, tmp_path, timeout_s=90)
     assert time.monotonic() - started < 45
     message = str(error.value)
-    assert "died during start-up" in message and "crashing in setup" in message  # the log tail
+    # Either the server stays up and unready (the dead worker is named) or, on a loaded machine, LitServe's main
+    # process notices within the grace and exits by itself (its exit code is named): both fail at once.
+    assert "died during start-up" in message or "(its worker" in message, message
+    assert "crashing in setup" in error.value.server.log_tail(400)
     assert not error.value.server.alive_pids()
 
 

@@ -110,3 +110,17 @@ def test_pull_on_a_fresh_clone_reproduces_the_change_points_the_publisher_saw(tm
     pull(str(remote), publisher)
     assert len(store_run_files(publisher)) == COMMITS and len(load_history(publisher)) == COMMITS
     assert change_points(load_history(publisher), subject_of=lambda commit: "") == seen
+
+
+def test_the_checkouts_included_auth_header_reaches_the_scratch_repositories(tmp_path):
+    # actions/checkout@v6 writes the token to a file outside the repository, included by includeIf.gitdir.
+    from fixtures.store import credentials_of
+
+    repo = tmp_path / "checkout"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    included = tmp_path / "runner-temp" / "git-credentials.config"
+    included.parent.mkdir()
+    included.write_text('[http "https://github.com/"]\n\textraheader = AUTHORIZATION: basic c2VjcmV0\n')
+    subprocess.run(["git", "config", f"includeIf.gitdir:{repo}/.git.path", str(included)], cwd=repo, check=True)
+    assert credentials_of(repo) == ("-c", "http.https://github.com/.extraheader=AUTHORIZATION: basic c2VjcmV0")
+    assert credentials_of(tmp_path) == ()  # not a repository: nothing to carry

@@ -88,3 +88,45 @@ def test_actionlint_would_catch_a_node20_action_and_an_undeclared_label(tmp_path
     found = _actionlint(tmp_path)
     assert found.returncode == 1
     assert "node20" in found.stdout and 'label "tpu" is unknown' in found.stdout and "shellcheck" in found.stdout
+
+
+def _runs(job) -> list:
+    return [step.get("run", "") for step in job["steps"]]
+
+
+def _index(runs, text) -> int:
+    return next(i for i, run in enumerate(runs) if text in run)
+
+
+def test_every_cpu_job_gates_something_and_the_main_job_publishes():
+    """The pull request job runs the A/B between the PR's base and head; the main job measures the CPU tier with
+    relations and ceiling sanity asserted (no --benchmark-disable; floors off: a hosted runner is not one machine),
+    between a pull and a publish of the history store under an explicit machine id."""
+    workflow = yaml.safe_load((WORKFLOWS / "cpu.yml").read_text())
+    jobs = workflow["jobs"]
+    ab = jobs["ab"]
+    assert ab["if"] == "github.event_name == 'pull_request'"
+    (command,) = [run for run in _runs(ab) if run.startswith("make ab")]
+    assert "github.event.pull_request.base.sha" in command and "github.event.pull_request.head.sha" in command
+    assert ab["steps"][0]["with"]["fetch-depth"] == 0  # both commits present for their worktrees
+    bench = jobs["bench"]
+    assert "refs/heads/main" in bench["if"] and "push" in bench["if"]
+    assert bench["permissions"]["contents"] == "write" and bench["env"]["LITSERVE_BENCH_MACHINE_ID"] == "github-hosted-cpu"
+    runs = _runs(bench)
+    measure = runs[_index(runs, "pytest tests/bench")]
+    assert "--benchmark-autosave" in measure and "--benchmark-disable" not in measure and "--no-floors" in measure
+    assert _index(runs, "fixtures.store pull") < _index(runs, "pytest tests/bench") < _index(runs, "fixtures.store publish")
+    assert any("$GITHUB_STEP_SUMMARY" in run for run in _runs(ab)) and any("$GITHUB_STEP_SUMMARY" in run for run in runs)
+    assert "make test" in _runs(jobs["test"])  # .ci/run's command still runs on every push and pull request
+
+
+def test_the_gpu_benchmark_jobs_pull_the_store_before_and_publish_after():
+    jobs = yaml.safe_load((WORKFLOWS / "gpu-bench.yml").read_text())["jobs"]
+    for name in ("classifier", "llm"):
+        runs = _runs(jobs[name])
+        pull, measure, publish = (_index(runs, "fixtures.store pull"), _index(runs, "pytest tests/bench"),
+                                  _index(runs, "fixtures.store publish"))
+        assert pull < measure < publish < _index(runs, "fixtures.regression --fail"), name
+        assert "--machine-id" in runs[publish], name
+        uses = [step.get("with", {}).get("path", "") for step in jobs[name]["steps"] if "cache" in step.get("uses", "")]
+        assert not any(".benchmarks" in path for path in uses), f"{name}: saved runs still kept in a cache GitHub evicts"

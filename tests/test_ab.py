@@ -1,0 +1,122 @@
+"""A/B of two commits (fixtures/ab.py): the statistics on known inputs, the selection as pytest -k makes it,
+and one real run where HEAD is a commit whose server is slower on purpose, served from its own worktree."""
+
+import json
+import random
+import subprocess
+
+import pytest
+
+from fixtures.ab import (BASE, HEAD, ab_cases, compare_launches, interleaved_order, render_markdown, run_ab, selected,
+                         signed_rank_critical)
+from fixtures.server import REPO_ROOT
+
+
+def test_signed_rank_critical_values_are_the_published_table():
+    # Two-sided 5% critical values of Wilcoxon's signed-rank T for n = 6..15 (e.g. Siegel, Table G).
+    assert [signed_rank_critical(n) for n in range(6, 16)] == [0, 2, 3, 5, 8, 10, 13, 17, 21, 25]
+    assert signed_rank_critical(5) == -1  # no 95% interval from five launches
+
+
+def _launches(ratios, noise=0.03, pairs=3, seed=1, level=100.0):
+    rng = random.Random(seed)
+    return [([level * (1 + rng.uniform(-noise, noise)) for _ in range(pairs)],
+             [level * ratio * (1 + rng.uniform(-noise, noise)) for _ in range(pairs)]) for ratio in ratios]
+
+
+def test_a_head_slower_in_every_launch_is_slower_and_fails_the_gate():
+    comparison = compare_launches("rps", _launches([0.8] * 6))
+    assert comparison.verdict == "slower" and comparison.fails
+    assert comparison.ratio_high < 1 and 0.75 < comparison.ratio < 0.85
+
+
+def test_a_lower_is_better_figure_is_slower_when_it_grows():
+    comparison = compare_launches("latency_p50_ms", _launches([1.3] * 6))
+    assert comparison.verdict == "slower" and comparison.fails and comparison.change < 0
+
+
+def test_launches_that_disagree_are_no_change_and_never_fail():
+    comparison = compare_launches("rps", _launches([0.9, 1.1, 0.95, 1.05, 0.93, 1.08]))
+    assert comparison.verdict == "no change beyond the noise" and not comparison.fails
+
+
+def test_a_significant_change_inside_the_threshold_does_not_fail():
+    comparison = compare_launches("rps", _launches([0.97] * 6, noise=0.001), threshold=0.05)
+    assert comparison.verdict == "slower" and not comparison.fails
+
+
+def test_a_figure_fails_only_past_its_own_declared_noise():
+    # p99's least change worth reporting is 30% (fixtures/figures.py): 20% worse is reported, not failed.
+    comparison = compare_launches("latency_p99_ms", _launches([1.2] * 6, noise=0.001))
+    assert comparison.verdict == "slower" and comparison.gate >= 0.3 and not comparison.fails
+
+
+def test_too_few_launches_give_no_interval_and_no_verdict_either_way():
+    comparison = compare_launches("rps", _launches([0.5] * 3))
+    assert comparison.ratio_low is None and comparison.verdict.startswith("too few launches") and not comparison.fails
+
+
+def test_each_pair_holds_both_sides_in_a_seeded_random_order():
+    order = interleaved_order(40, random.Random(7))
+    assert all(sorted(pair) == sorted((BASE, HEAD)) for pair in order)
+    assert {pair[0] for pair in order} == {BASE, HEAD}  # both orders occur
+    assert order == interleaved_order(40, random.Random(7))
+
+
+def test_the_selection_is_pytest_k_over_the_bench_ids():
+    cases = ab_cases("cpu")
+    assert [c.id for c in selected(cases, "batch_workers-c8 or llm_eager_bf16")] == ["cpu-batch_workers-c8", "cpu-llm_eager_bf16"]
+    assert [c.id for c in selected(cases, "batch_workers and c8")] == ["cpu-batch_workers-c8"]
+    assert {c.kind for c in selected(cases, "llm_")} == {"llm"}
+    assert "cpu-baseline-c1" in cases and "cpu-baseline-c8" in cases  # the ids of tests/bench/test_classifier.py
+
+
+@pytest.fixture
+def slowed_clone(tmp_path):
+    """A clone of this repository's HEAD plus one commit whose classifier sleeps 40 ms in every predict by default."""
+    clone = tmp_path / "repo"
+    subprocess.run(["git", "clone", "--quiet", "--shared", str(REPO_ROOT), str(clone)], check=True)
+    server = clone / "servers" / "classifier.py"
+    text = server.read_text()
+    assert '"--predict-delay-ms", type=float, default=0.0' in text
+    server.write_text(text.replace('"--predict-delay-ms", type=float, default=0.0', '"--predict-delay-ms", type=float, default=40.0'))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run(git + ["commit", "--quiet", "-am", "a slower classifier"], cwd=clone, check=True)
+    return clone
+
+
+def test_each_side_is_served_from_its_own_commit(slowed_clone, tmp_path):
+    # One launch, one pair: no verdict (too few launches), but the head's server is the slowed commit's and
+    # the base's is not, although both run from this venv, whose editable install points at another checkout.
+    result = run_ab(slowed_clone, "HEAD~1", "HEAD", "cpu-baseline-c1", launches=1, pairs=1, seed=3, tier_name="cpu")
+    (case,) = result["cases"]
+    assert "problem" not in case, case.get("problem")
+    (launch,) = case["launches"]
+    base_p50 = launch["samples"][BASE][0]["latency_p50_ms"]
+    head_p50 = launch["samples"][HEAD][0]["latency_p50_ms"]
+    assert head_p50 - base_p50 > 30, (base_p50, head_p50)
+    assert result["verdict"] == "pass" and not result["slower"]
+    assert result["base"]["commit"] != result["head"]["commit"]
+    markdown = render_markdown(result)
+    assert "cpu-baseline-c1" in markdown and "too few launches" in markdown
+    json.dumps(result)  # saved as JSON
+    listed = subprocess.run(["git", "worktree", "list"], cwd=slowed_clone, capture_output=True, text=True).stdout
+    assert len(listed.strip().splitlines()) == 1, f"worktrees left behind:\n{listed}"
+
+
+def test_the_summary_page_shows_the_newest_ab_table(tmp_path):
+    from dataclasses import asdict
+
+    from fixtures.ab import RESULTS_FOLDER
+    from fixtures.report import summary_for_storage
+
+    slower = compare_launches("rps", _launches([0.8] * 6))
+    result = {"base": {"ref": "origin/main", "commit": "a" * 40}, "head": {"ref": "HEAD", "commit": "b" * 40},
+              "selection": "batch_workers-c8", "machine_class": "cpu/test", "launches": 6, "pairs": 3, "confidence": 0.95,
+              "threshold": 0.05, "seconds": 90.0, "verdict": "slower",
+              "cases": [{"id": "cpu-batch_workers-c8", "comparisons": [asdict(slower) | {"change": slower.change}]}]}
+    (tmp_path / RESULTS_FOLDER).mkdir(parents=True)
+    (tmp_path / RESULTS_FOLDER / "20261130-000000-aaaaaaaa-bbbbbbbb.json").write_text(json.dumps(result))
+    page = summary_for_storage(tmp_path)
+    assert "A/B: `bbbbbbbb` (HEAD) against `aaaaaaaa` (origin/main): **FAIL: slower**" in page
+    assert "| cpu-batch_workers-c8 | rps |" in page and "slower **(fails)**" in page
