@@ -28,7 +28,7 @@ def pytest_addoption(parser):
     group.addoption("--no-floors", action="store_true",
                     help="record figures without asserting floors (calibration runs); ceiling sanity and relations still hold")
     group.addoption("--gpu-smoke", action="store_true",
-                    help="only the benchmarks of fixtures.variants.gpu_smoke_ids (make gpu-smoke)")
+                    help="only the benchmarks marked gpu_smoke (make gpu-smoke)")
     group.addoption("--floors-file", default=None, help="read floors from this file instead of floors.toml")
     group.addoption("--machine-class", default=None,
                     help="look floors up under this machine class instead of this machine's (fixtures.machine.machine_class)")

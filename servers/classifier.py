@@ -16,8 +16,6 @@ import binascii
 import io
 import json
 import logging
-import multiprocessing
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -27,7 +25,7 @@ from fastapi import HTTPException
 
 from servers.pretrained import PRETRAINED, build_pretrained
 from servers.pretrained import labels as pretrained_labels
-from servers.runtime import prepare_main_process, prepare_worker, resolve_device
+from servers.runtime import STATS_PATH, BatchSizeCounts, prepare_main_process, prepare_worker, resolve_device, serve
 from servers.validation import BodyValidator, RequestRejected, parse_json_object
 
 log = logging.getLogger("servers.classifier")
@@ -167,30 +165,6 @@ def check_predict_body(body: bytes, max_pixels: int) -> None:
     open_image(image_bytes(parse_json_object(body)), max_pixels)
 
 
-class BatchSizeCounts:
-    """How many batches of each size every inference worker's predict() ran, so "batches never fill" is a
-    figure. Shared memory created before LitServe spawns its workers (it travels with the API object):
-    one row per worker, each written by that worker only; the HTTP process reads it for GET STATS_PATH."""
-
-    def __init__(self, workers: int, max_batch_size: int):
-        self.workers, self.width = workers, max_batch_size + 1
-        self.counts = multiprocessing.get_context("spawn").RawArray("q", workers * self.width)
-
-    def record(self, batch_size: int) -> None:
-        worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))  # set by LitServe in each inference worker
-        if 0 <= worker < self.workers and 0 < batch_size < self.width:
-            self.counts[worker * self.width + batch_size] += 1
-
-    def snapshot(self) -> dict:
-        """{"workers": {"0": {"1": batches of 1, "8": batches of 8, ...}, ...}}: sizes never run left out."""
-        rows = {}
-        for worker in range(self.workers):
-            row = self.counts[worker * self.width:(worker + 1) * self.width]
-            rows[str(worker)] = {str(size): count for size, count in enumerate(row) if count}
-        return {"workers": rows}
-
-
-STATS_PATH = "/stats/batch-sizes"
 
 
 class ClassifierAPI(ls.LitAPI):
@@ -370,13 +344,7 @@ def main(argv=None):
                                       "validate": functools.partial(check_predict_body, max_pixels=args.max_pixels)})],
     )
     server.app.add_api_route(STATS_PATH, batch_counts.snapshot, methods=["GET"])
-    # uvicorn waits this long for open keep-alive connections at shutdown (LitServe's 30 s default
-    # turns every teardown after a load run into a 30 s wait).
-    server.uvicorn_graceful_timeout = 2
-    try:
-        server.run(host=args.host, port=args.port, log_level="warning", generate_client_file=False)
-    except KeyboardInterrupt:  # a second signal during shutdown
-        pass
+    serve(server, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from fastapi import HTTPException
 from litserve.specs.openai import OpenAISpec
 
 from servers.llm_models import MODELS, RECIPES, apply_inductor_settings, inductor_settings, load, model_facts
-from servers.runtime import device_type, prepare_main_process, prepare_worker, resolve_device
+from servers.runtime import device_type, prepare_main_process, prepare_worker, resolve_device, serve
 from servers.validation import BodyValidator, RequestRejected
 
 ROLES = {"system", "user", "assistant", "tool"}
@@ -333,11 +333,7 @@ def main(argv=None):
                                       "validate": functools.partial(check_chat_body, max_tokens_limit=args.max_tokens_limit)})],
         model_metadata={"model": args.model, "recipe": args.recipe, "device": device, "threads": str(args.threads)},
     )
-    server.uvicorn_graceful_timeout = 2
-    try:
-        server.run(host=args.host, port=args.port, log_level="warning", generate_client_file=False)
-    except KeyboardInterrupt:
-        pass
+    serve(server, args.host, args.port)
 
 
 if __name__ == "__main__":

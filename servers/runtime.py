@@ -4,6 +4,7 @@ README for the measurements)."""
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import platform
 import signal
@@ -79,6 +80,16 @@ def keep_freed_memory() -> str:
     return allocator_policy(libc_name)
 
 
+def serve(server, host: str, port: int) -> None:
+    """Run a LitServer until SIGTERM/SIGINT. uvicorn waits uvicorn_graceful_timeout for open keep-alive
+    connections at shutdown: LitServe's 30 s default turns every teardown after a load run into a 30 s wait."""
+    server.uvicorn_graceful_timeout = 2
+    try:
+        server.run(host=host, port=port, log_level="warning", generate_client_file=False)
+    except KeyboardInterrupt:  # a second signal during shutdown
+        pass
+
+
 def prepare_worker(threads: int) -> int:
     """Called in each inference worker's setup(): workers are spawned by the server's main
     process, so they die with it, and torch's thread count is set explicitly because its
@@ -106,3 +117,29 @@ def device_type(device) -> str:
     import torch
 
     return torch.device(device).type
+
+
+class BatchSizeCounts:
+    """How many batches of each size every inference worker ran, so "batches never fill" is a
+    figure. Shared memory created before LitServe spawns its workers (it travels with the API object):
+    one row per worker, each written by that worker only; the HTTP process reads it for GET STATS_PATH."""
+
+    def __init__(self, workers: int, max_batch_size: int):
+        self.workers, self.width = workers, max_batch_size + 1
+        self.counts = multiprocessing.get_context("spawn").RawArray("q", workers * self.width)
+
+    def record(self, batch_size: int) -> None:
+        worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))  # set by LitServe in each inference worker
+        if 0 <= worker < self.workers and 0 < batch_size < self.width:
+            self.counts[worker * self.width + batch_size] += 1
+
+    def snapshot(self) -> dict:
+        """{"workers": {"0": {"1": batches of 1, "8": batches of 8, ...}, ...}}: sizes never run left out."""
+        rows = {}
+        for worker in range(self.workers):
+            row = self.counts[worker * self.width:(worker + 1) * self.width]
+            rows[str(worker)] = {str(size): count for size, count in enumerate(row) if count}
+        return {"workers": rows}
+
+
+STATS_PATH = "/stats/batch-sizes"

@@ -134,6 +134,19 @@ def test_a_worker_that_dies_while_another_starts_fails_the_start_at_once(tmp_pat
     assert not error.value.server.alive_pids()
 
 
+def test_a_child_a_worker_forks_and_that_exits_is_not_a_dead_worker(tmp_path):
+    """A worker's own short-lived child shows the worker's command line: it read as a worker that died, and
+    failed about one start in thirty of fixtures/ab.py's launches (a library forking a helper in setup)."""
+    spec = ServerSpec(name="worker-forks-a-helper", module="servers.noop",
+                      options=(("workers-per-device", 2), ("fork-helper", 0.6), ("setup-delay", 1.5)))
+    server = start_server(spec, tmp_path, timeout_s=60)
+    try:
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+    assert not server.alive_pids()
+
+
 def test_never_ready_fails_at_the_deadline_and_is_stopped(tmp_path):
     spec = ServerSpec(name="never-ready", module="servers.noop", options=(("setup-delay", 600),))
     with pytest.raises(ServerStartError, match=r"not ready after 4 s") as error:

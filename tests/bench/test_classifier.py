@@ -21,7 +21,7 @@ from fixtures.request_log import request_rows
 from fixtures.relations import ceiling_sanity
 from fixtures.rounds import RoundPolicy, record_rounds, run_until_stable
 from fixtures.utilisation import UtilisationSampler
-from fixtures.variants import CLASSIFIER_TIERS, classifier_args, classifier_specs
+from fixtures.variants import CLASSIFIER_TIERS, classifier_args, classifier_specs, gpu_smoke_ids
 from servers import classifier
 from servers.runtime import device_type
 
@@ -29,9 +29,12 @@ from servers.runtime import device_type
 def _cases():
     for tier_name, tier in CLASSIFIER_TIERS.items():
         for spec in classifier_specs(tier_name).values():
-            marks = ([pytest.mark.gpu] if tier.device == "cuda" else []) + ([pytest.mark.compile] if spec.option("compile") else [])
+            marks = ([pytest.mark.floored] + ([pytest.mark.gpu] if tier.device == "cuda" else [])
+                     + ([pytest.mark.compile] if spec.option("compile") else []))
             for concurrency in tier.concurrency:
-                yield pytest.param(tier, spec, concurrency, marks=marks, id=f"{spec.name}-c{concurrency}")
+                case_id = f"{spec.name}-c{concurrency}"
+                smoke = [pytest.mark.gpu_smoke] if case_id in gpu_smoke_ids() else []
+                yield pytest.param(tier, spec, concurrency, marks=marks + smoke, id=case_id)
 
 
 # scope="session": one server per spec across its concurrency levels (fixtures/ordering.py).

@@ -20,7 +20,7 @@ from fixtures.rounds import RoundPolicy, record_rounds, run_until_stable
 from fixtures.server import SERVER_LOG_DIR
 from fixtures.stream import StreamClient, summarize_streams
 from fixtures.utilisation import UtilisationSampler
-from fixtures.variants import LLM_TIERS, llm_variants
+from fixtures.variants import LLM_TIERS, gpu_smoke_ids, llm_variants
 from servers.llm import BENCH_MESSAGES
 from servers.llm_models import RECIPES
 from servers.runtime import device_type
@@ -32,7 +32,9 @@ def _cases():
     for tier_name, tier in LLM_TIERS.items():
         for variant, spec in llm_variants(tier_name).items():
             recipe = RECIPES[spec.option("recipe")]
-            marks = ([pytest.mark.gpu] if tier.device == "cuda" else []) + ([pytest.mark.compile] if recipe.static_compile else [])
+            marks = ([pytest.mark.floored, pytest.mark.llm] + ([pytest.mark.gpu] if tier.device == "cuda" else [])
+                     + ([pytest.mark.compile] if recipe.static_compile else [])
+                     + ([pytest.mark.gpu_smoke] if spec.name in gpu_smoke_ids() else []))
             yield pytest.param(tier, spec, marks=marks, id=spec.name)
 
 

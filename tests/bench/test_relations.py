@@ -11,7 +11,7 @@ from fixtures.variants import CLASSIFIER_TIERS
 def _cases():
     for relation in declared_relations():
         tier = relation.better.split("-", 1)[0]
-        marks = [pytest.mark.gpu] if CLASSIFIER_TIERS[tier].device == "cuda" else []
+        marks = [pytest.mark.relation] + ([pytest.mark.gpu] if CLASSIFIER_TIERS[tier].device == "cuda" else [])
         yield pytest.param(relation, marks=marks, id=relation.better + "-vs-" + relation.worse)
 
 

@@ -1,0 +1,138 @@
+"""A LitAPI the suite has never seen, benchmarked with one server file and one short test and nothing else:
+written into a copy of this repository, run there by pytest as a subprocess. Also: no list of names under
+fixtures/ or .github/ that a new server would have to join."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from fixtures.server import REPO_ROOT
+
+TINY_SERVER = '''\
+"""A two-layer torch MLP over JSON vectors."""
+import litserve as ls
+import torch
+
+
+class TinyMLP(ls.LitAPI):
+    def setup(self, device):
+        torch.manual_seed(0)
+        self.model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).eval().to(device)
+        self.device = device
+
+    def decode_request(self, request):
+        return torch.tensor(request["x"], dtype=torch.float32)
+
+    def batch(self, inputs):
+        return torch.stack(inputs)
+
+    def predict(self, x):
+        with torch.inference_mode():
+            return self.model(x.to(self.device)).softmax(-1).cpu()
+
+    def unbatch(self, output):
+        return list(output)
+
+    def encode_response(self, output):
+        return {"probabilities": output.tolist()}
+'''
+
+TINY_TEST = '''\
+import math
+
+from fixtures.litapi import LitAPIBenchmark, Serving, benchmark_test
+
+
+def sums_to_one(payload, answer):
+    p = answer["probabilities"]
+    return None if len(p) == 4 and math.isclose(sum(p), 1, abs_tol=1e-4) else f"not a distribution: {p}"
+
+
+test_tiny_mlp = benchmark_test(LitAPIBenchmark(
+    api="servers.tiny_mlp:TinyMLP", check=sums_to_one,
+    payloads=tuple({"x": [((i * 7 + j) % 5) / 5 for j in range(16)]} for i in range(4)),
+    variants={"batching": Serving(max_batch_size=4, batch_timeout=0.005)}))
+'''
+
+
+def _copy_of_this_repository(tmp_path: Path) -> Path:
+    """The repository's files as git knows them (tracked and untracked, ignored ones left out), in tmp_path."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    copy = tmp_path / "repo"
+    for name in filter(None, listed):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / name)
+    return copy
+
+
+def _pytest(copy: Path, *args, timeout=600):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHONPATH"))}
+    return subprocess.run([sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider"], cwd=copy,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_a_new_litapi_needs_one_server_file_and_one_short_test(tmp_path):
+    copy = _copy_of_this_repository(tmp_path)
+    (copy / "servers" / "tiny_mlp.py").write_text(TINY_SERVER)
+    (copy / "tests" / "bench" / "test_tiny_mlp.py").write_text(TINY_TEST)
+    assert len(TINY_TEST.splitlines()) <= 30
+
+    # Measured and saved, with the direct ceiling of the user's own code.
+    storage = copy / ".benchmarks"
+    ran = _pytest(copy, "tests/bench/test_tiny_mlp.py", "-m", "not gpu", "--benchmark-autosave",
+                  f"--benchmark-storage={storage}", "--no-plots")
+    assert ran.returncode == 0, ran.stdout[-4000:] + ran.stderr[-2000:]
+    (saved,) = storage.glob("*/*.json")
+    records = {b["param"]: b["extra_info"] for b in json.loads(saved.read_text())["benchmarks"]}
+    assert set(records) == {"cpu-tiny_mlp_batching-c1", "cpu-tiny_mlp_batching-c8"}
+    for record in records.values():
+        assert record["valid"] and record["served_api"] == "servers.tiny_mlp:TinyMLP"
+        assert 0 < record["api_over_direct"] and record["direct_rps"] > 0 and record["observed_mean_batch_size"] >= 1
+
+    # Floors for it from that run.
+    floors = copy / "floors-test.toml"
+    calibrated = subprocess.run([sys.executable, "-m", "fixtures.floors", "--from-runs", str(saved), "--floors", str(floors),
+                                 "--device", "cpu"], cwd=copy, capture_output=True, text=True, timeout=120)
+    assert calibrated.returncode == 0, calibrated.stdout + calibrated.stderr
+    written = floors.read_text()
+    assert '"cpu-tiny_mlp_batching-c8"' in written or "cpu-tiny_mlp_batching-c8" in written
+    assert "min_api_over_direct" in written and "min_rps" in written
+
+    # Collected on the GPU by the GPU workflow's own selection, and by make gpu-smoke.
+    selection = _classifier_job_selection()
+    collected = _pytest(copy, "tests/bench/test_tiny_mlp.py", "-m", selection, "--collect-only", "-q")
+    assert "gpu-tiny_mlp_batching-c8" in collected.stdout, collected.stdout[-2000:]
+    smoke = _pytest(copy, "tests/bench/test_tiny_mlp.py", "--gpu-smoke", "--collect-only", "-q")
+    assert "gpu-tiny_mlp_batching-c8" in smoke.stdout and re.search(r"\b1/\d+ tests collected", smoke.stdout), smoke.stdout[-2000:]
+
+
+def _classifier_job_selection() -> str:
+    """The -m expression gpu-bench.yml's classifier job runs tests/bench with."""
+    job = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "gpu-bench.yml").read_text())["jobs"]["classifier"]
+    script = next(step["run"] for step in job["steps"] if "pytest tests/bench" in step.get("run", ""))
+    return re.search(r'classifier\) selection="([^"]+)"', script).group(1)
+
+
+# Names a new server would have had to be added to: the benchmark tests' function names.
+BENCHMARK_TEST_NAMES = ("test_classifier_throughput", "test_llm_decode", "test_poisson", "test_max_rate_at_slo",
+                        "test_fastapi", "test_relation", "test_embedding")
+
+
+def test_no_list_of_benchmark_names_under_fixtures_or_github():
+    found = []
+    for folder in ("fixtures", ".github"):
+        for path in (REPO_ROOT / folder).rglob("*"):
+            if path.is_file() and path.suffix in (".py", ".yml", ".yaml", ".toml"):
+                text = path.read_text(errors="replace")
+                found += [f"{path.relative_to(REPO_ROOT)}: {name}" for name in BENCHMARK_TEST_NAMES
+                          if re.search(rf"\b{name}\b", text)]
+    assert not found, found
