@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from fixtures.ab import (BASE, HEAD, ab_cases, compare_launches, interleaved_order, render_markdown, run_ab, selected,
+from fixtures.ab import (BASE, HEAD, collected_cases, compare_launches, interleaved_order, render_markdown, run_ab,
                          signed_rank_critical)
 from fixtures.server import REPO_ROOT
 
@@ -63,12 +63,15 @@ def test_each_pair_holds_both_sides_in_a_seeded_random_order():
     assert order == interleaved_order(40, random.Random(7))
 
 
-def test_the_selection_is_pytest_k_over_the_bench_ids():
-    cases = ab_cases("cpu")
-    assert [c.id for c in selected(cases, "batch_workers-c8 or llm_eager_bf16")] == ["cpu-batch_workers-c8", "cpu-llm_eager_bf16"]
-    assert [c.id for c in selected(cases, "batch_workers and c8")] == ["cpu-batch_workers-c8"]
-    assert {c.kind for c in selected(cases, "llm_")} == {"llm"}
-    assert "cpu-baseline-c1" in cases and "cpu-baseline-c8" in cases  # the ids of tests/bench/test_classifier.py
+def test_the_selection_is_pytest_k_over_the_collected_benchmarks():
+    ids = lambda expression: [case.id for case in collected_cases(expression, "cpu")]  # noqa: E731
+    assert sorted(ids("batch_workers-c8 or llm_eager_bf16")) == ["cpu-batch_workers-c8", "cpu-llm_eager_bf16"]
+    assert ids("test_classifier_throughput and batch_workers and c8") == ["cpu-batch_workers-c8"]
+    assert {case.kind for case in collected_cases("test_llm_decode", "cpu")} == {"llm"}
+    # A user's own LitAPI declaration is found the same way, with its declaration beside it.
+    (embedding,) = collected_cases("embedding_batching-c8", "cpu")
+    assert embedding.litapi.bench.api == "servers.embedding:EmbeddingAPI" and embedding.concurrency == 8
+    assert collected_cases("test_poisson", "cpu") == []  # open loop: not A/B'd
 
 
 @pytest.fixture
