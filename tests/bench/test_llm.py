@@ -11,17 +11,16 @@ import json
 
 import pytest
 
-from fixtures.answers import llm_check
+from fixtures.answers import checked_llm_client
 from fixtures.gpu import ThrottleSampler, nvml_required_failure
 from fixtures.records import llm_record
 from fixtures.relations import ceiling_sanity
 from fixtures.request_log import stream_rows
 from fixtures.rounds import RoundPolicy, record_rounds, run_until_stable
 from fixtures.server import SERVER_LOG_DIR
-from fixtures.stream import StreamClient, summarize_streams
+from fixtures.stream import summarize_streams
 from fixtures.utilisation import UtilisationSampler
 from fixtures.variants import LLM_TIERS, gpu_smoke_ids, llm_variants
-from servers.llm import BENCH_MESSAGES
 from servers.llm_models import RECIPES
 from servers.runtime import device_type
 
@@ -43,13 +42,10 @@ def _cases():
 def test_llm_decode(request, benchmark, device_peaks, floor_failures, machine_class, save_record, tier, server):
     # device_peaks comes before server in the signature: measured before any server starts.
     spec = server.spec
-    url = f"{server.url}/v1/chat/completions"
-    body = {"model": spec.option("model"), "messages": BENCH_MESSAGES, "max_tokens": tier.max_new_tokens,
-            "temperature": 0, "metadata": {"ignore_eos": "true"}}
     report = json.loads((SERVER_LOG_DIR / f"llm-direct-{server.port}.json").read_text())  # the worker's raw facts
 
     policy = RoundPolicy(tier.rounds, tier.max_round_cv, tier.max_rounds)
-    with StreamClient(url, body, llm_check(tier.max_new_tokens, exact_length=True)) as client:
+    with checked_llm_client(server.url, spec, tier) as client:
         # One request of max_new_tokens: runs every decode step's shape once (and opens the keep-alive
         # connection the rounds use), at any speed.
         warmup = client.sequential(1)
