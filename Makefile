@@ -62,10 +62,11 @@ bench-gpu: install
 
 # A/B of two commits on this machine (fixtures/ab.py): both servers side by side, rounds interleaved in a random
 # order, over several fresh launches; exits 1 when HEAD is slower beyond the noise and past the threshold.
-# The default selection is CI's pull-request gate: the classifier's batch_workers at c=8 and the LLM's eager bf16.
+# The default selection is CI's pull-request gate: the classifier's batch_workers at c=8 and the LLM's eager bf16 at
+# one user (test_llm_concurrency's ids contain the recipe's name too).
 BASE ?= origin/main
 HEAD ?= HEAD
-AB_SELECTION ?= batch_workers-c8 or llm_eager_bf16
+AB_SELECTION ?= batch_workers-c8 or (test_llm_decode and llm_eager_bf16)
 ab: install
 	HF_HUB_OFFLINE=1 $(PY) -m fixtures.ab "$(BASE)" "$(HEAD)" -k "$(AB_SELECTION)" --markdown
 

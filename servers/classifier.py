@@ -25,7 +25,7 @@ from fastapi import HTTPException
 
 from servers.pretrained import PRETRAINED, build_pretrained
 from servers.pretrained import labels as pretrained_labels
-from servers.runtime import STATS_PATH, BatchSizeCounts, prepare_main_process, prepare_worker, resolve_device, serve
+from servers.runtime import BatchSizeCounts, add_stats_routes, prepare_main_process, prepare_worker, resolve_device, serve
 from servers.validation import BodyValidator, RequestRejected, parse_json_object
 
 log = logging.getLogger("servers.classifier")
@@ -305,6 +305,7 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and input")
     p.add_argument("--compile", action="store_true", help="torch.compile the model at start-up")
     p.add_argument("--decode-threads", type=int, default=0, help="decode a batch's images in N threads")
+    p.add_argument("--fast-queue", action="store_true", help="LitServer(fast_queue=True): the ZMQ transport option")
     p.add_argument("--pin-memory", action="store_true", help="CUDA: batches in pinned host memory, copied asynchronously")
     p.add_argument("--predict-delay-ms", type=float, default=0.0,
                    help="test-only: sleep this long in each predict (a server slower on purpose, for the harness's tests)")
@@ -338,12 +339,12 @@ def main(argv=None):
                 "batch_timeout": args.batch_timeout, "workers_per_device": args.workers_per_device}
     server = ls.LitServer(
         api, accelerator=device, devices=1, workers_per_device=args.workers_per_device,
-        timeout=args.timeout, model_metadata={k: str(v) for k, v in metadata.items()},
+        timeout=args.timeout, fast_queue=args.fast_queue, model_metadata={k: str(v) for k, v in metadata.items()},
         # BodyValidator enforces the body limit with a 413; LitServe's max_payload_size answers 500.
         middlewares=[(BodyValidator, {"path": "/predict", "max_body_bytes": args.max_body_bytes,
                                       "validate": functools.partial(check_predict_body, max_pixels=args.max_pixels)})],
     )
-    server.app.add_api_route(STATS_PATH, batch_counts.snapshot, methods=["GET"])
+    add_stats_routes(server, batch_counts, device, args.threads, args.fast_queue)
     serve(server, args.host, args.port)
 
 

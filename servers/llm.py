@@ -14,6 +14,7 @@ with the bytes a decode step must read, to <report-dir>/llm-direct-<port>.json.
 import argparse
 import functools
 import json
+import multiprocessing
 import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,14 +26,15 @@ from fastapi import HTTPException
 from litserve.specs.openai import OpenAISpec
 
 from servers.llm_models import MODELS, RECIPES, apply_inductor_settings, inductor_settings, load, model_facts
-from servers.runtime import device_type, prepare_main_process, prepare_worker, resolve_device, serve
+from servers.runtime import (BatchSizeCounts, add_stats_routes, device_type, prepare_main_process, prepare_worker,
+                             resolve_device, serve)
 from servers.validation import BodyValidator, RequestRejected
 
 ROLES = {"system", "user", "assistant", "tool"}
 BENCH_MESSAGES = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
 
 
-def validate_chat_body(body: bytes, max_tokens_limit: int):
+def validate_chat_body(body: bytes, max_tokens_limit: int, greedy_only: bool = False):
     """The error message for a bad /v1/chat/completions body, or None. Runs (through BodyValidator)
     before LitServe sees the request, so a streaming request gets a real 400, not an error event after a 200."""
     try:
@@ -57,11 +59,14 @@ def validate_chat_body(body: bytes, max_tokens_limit: int):
             return f"'{key}' must be an integer from 1 to {max_tokens_limit}, got {value!r}"
     if "stream" in data and not isinstance(data["stream"], bool):
         return "'stream' must be true or false"
+    temperature = data.get("temperature")
+    if greedy_only and temperature is not None and temperature != 0:
+        return f"this server generates its batches greedily: 'temperature' must be 0 or absent, got {temperature!r}"
     return None
 
 
-def check_chat_body(body: bytes, max_tokens_limit: int) -> None:
-    message = validate_chat_body(body, max_tokens_limit)
+def check_chat_body(body: bytes, max_tokens_limit: int, greedy_only: bool = False) -> None:
+    message = validate_chat_body(body, max_tokens_limit, greedy_only)
     if message:
         raise RequestRejected(400, message)
 
@@ -147,6 +152,22 @@ class Generation:
                 pad_token_id=self.tokenizer.eos_token_id, **sampling, **self.generate_kwargs,
             )
 
+    def generate_batch(self, prompts: list, max_new_tokens: int, ignore_eos: list, streamer=None):
+        """Greedy generation of several prompts together (1-D id tensors), left-padded with an attention mask,
+        up to max_new_tokens; a row in ignore_eos never ends at EOS (rows that may are cut by their reader)."""
+        import torch
+
+        ids, mask = left_padded(prompts, self.pad_id)
+        eos = self.model.generation_config.eos_token_id
+        processors = [SuppressTokens([row for row, ignore in enumerate(ignore_eos) if ignore], eos)]
+        with torch.inference_mode():
+            return self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, streamer=streamer,
+                                       pad_token_id=self.pad_id, do_sample=False, logits_processor=processors)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+
     def run(self, fn, *args, **kwargs):
         """fn on the generation thread, waited for."""
         return self.thread.submit(fn, *args, **kwargs).result()
@@ -156,6 +177,34 @@ class Generation:
         return [] if self.cache is None else [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in self.cache.layers]
 
 
+def left_padded(prompts: list, pad_id: int) -> tuple:
+    """(ids, attention_mask) of 1-D prompts padded on the left to the longest: a decoder-only model continues
+    every row from its right end, and the mask keeps the padding out of attention and positions."""
+    import torch
+
+    width = max(p.shape[0] for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=prompts[0].dtype, device=prompts[0].device)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - prompt.shape[0]:] = prompt
+        mask[row, width - prompt.shape[0]:] = 1
+    return ids, mask
+
+
+class SuppressTokens:
+    """A logits processor: EOS never chosen in the given rows of a batch (ignore_eos per request; transformers'
+    min_new_tokens holds for the whole batch)."""
+
+    def __init__(self, rows: list, token_ids):
+        self.rows = rows
+        self.token_ids = [token_ids] if isinstance(token_ids, int) else list(token_ids or [])
+
+    def __call__(self, input_ids, scores):
+        for row in self.rows if self.token_ids else ():
+            scores[row, self.token_ids] = float("-inf")
+        return scores
+
+
 def needs_sync(device: str) -> bool:
     """Whether timing on this device must synchronise (LitServe hands a worker 'cuda:0', not 'cuda')."""
     return device_type(device) == "cuda"
@@ -163,12 +212,14 @@ def needs_sync(device: str) -> bool:
 
 class TokenQueue:
     """A transformers streamer that hands every generated token id to a queue (TextIteratorStreamer
-    buffers to word boundaries, which would hide the inter-token latency). The generation's end is
-    None; its failure is the exception, so the reader never waits on a generation that died."""
+    buffers to word boundaries, which would hide the inter-token latency); with per_step, one list of ids per
+    decode step instead (a batch's row per request). The generation's end is None; its failure is the
+    exception, so the reader never waits on a generation that died."""
 
-    def __init__(self):
+    def __init__(self, per_step: bool = False):
         self.queue = queue.Queue()
         self.prompt_seen = False
+        self.per_step = per_step
 
     def fail(self, error: BaseException):
         self.queue.put(error)
@@ -177,17 +228,22 @@ class TokenQueue:
         if not self.prompt_seen:  # generate() first puts the prompt
             self.prompt_seen = True
             return
-        for token in value.reshape(-1).tolist():
+        tokens = value.reshape(-1).tolist()
+        if self.per_step:
+            self.queue.put(tokens)
+            return
+        for token in tokens:
             self.queue.put(token)
 
     def end(self):
         self.queue.put(None)
 
 
-def stream_tokens(executor: ThreadPoolExecutor, generate, timeout_s: float):
-    """Run generate(streamer) on the worker's one generation thread and yield its token ids as they come.
-    An exception in generate ends the stream with GenerationFailed; so does no token for timeout_s."""
-    streamer = TokenQueue()
+def stream_tokens(executor: ThreadPoolExecutor, generate, timeout_s: float, per_step: bool = False):
+    """Run generate(streamer) on the worker's one generation thread and yield its token ids as they come (with
+    per_step, one list per decode step). An exception in generate ends the stream with GenerationFailed; so
+    does no token for timeout_s."""
+    streamer = TokenQueue(per_step)
     future = executor.submit(generate, streamer)
     future.add_done_callback(lambda f: f.exception() and streamer.fail(f.exception()))
     while True:
@@ -209,10 +265,35 @@ def message_text(content) -> str:
     return "".join(getattr(part, "text", "") or "" for part in content or [])
 
 
+def request_messages(request) -> list:
+    return [{"role": m.role, "content": message_text(m.content)} for m in request.messages]
+
+
+class PaddingCounts:
+    """Decode-step slots of batched generation (rows x steps) and how many were padding: a row whose request
+    had finished (its max_tokens, or EOS) while its batch went on. Shared memory created before LitServe spawns
+    the worker, read by the HTTP process for GET PADDING_PATH (as servers.runtime.BatchSizeCounts)."""
+
+    def __init__(self):
+        self.counts = multiprocessing.get_context("spawn").RawArray("q", 2)
+
+    def record(self, slots: int, padded: int) -> None:
+        self.counts[0] += slots
+        self.counts[1] += padded
+
+    def snapshot(self) -> dict:
+        return {"slots": self.counts[0], "padded": self.counts[1]}
+
+
+PADDING_PATH = "/stats/padding"
+
+
 class LLMAPI(ls.LitAPI):
-    def __init__(self, args):
-        super().__init__(spec=OpenAISpec())
-        self.args = args
+    """Batch 1: each request generates alone, its tokens streamed as they come."""
+
+    def __init__(self, args, batch_counts: BatchSizeCounts, padding: "PaddingCounts"):
+        super().__init__(spec=OpenAISpec(), max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+        self.args, self.batch_counts, self.padding = args, batch_counts, padding
 
     def setup(self, device):
         args = self.args
@@ -282,8 +363,8 @@ class LLMAPI(ls.LitAPI):
                 "after_warmup": {key: now[key] - self.after_warmup[key] for key in now}}
 
     def predict(self, request, context=None):
-        messages = [{"role": m.role, "content": message_text(m.content)} for m in request.messages]
-        prompt = self.prompt_ids(messages)
+        self.batch_counts.record(1)
+        prompt = self.prompt_ids(request_messages(request))
         max_new = request.max_completion_tokens or request.max_tokens or self.args.default_max_tokens
         if prompt.shape[1] + max_new > self.args.context:
             raise HTTPException(400, f"prompt ({prompt.shape[1]} tokens) + max_tokens ({max_new}) exceeds the context of {self.args.context}")
@@ -304,6 +385,55 @@ class LLMAPI(ls.LitAPI):
                "completion_tokens": len(ids), "total_tokens": prompt.shape[1] + len(ids)}
 
 
+class BatchedLLMAPI(LLMAPI):
+    """Batches of chat requests generated together on LitServe's batched streaming loop (max_batch_size > 1
+    with a streaming spec selects it in litserve 0.2.19): left padding and an attention mask, greedy, one list
+    of deltas per decode step (an entry per request). A request that has finished (its max_tokens, or its
+    EOS unless it asked ignore_eos) while the batch goes on gets a content-free chunk per step (LitServe
+    streams every request of a batch until the generator ends): counted as padding (GET PADDING_PATH)."""
+
+    def batch(self, inputs):
+        return list(inputs)
+
+    def unbatch(self, output):
+        return output  # already one list per step
+
+    def predict(self, requests, context=None):
+        self.batch_counts.record(len(requests))
+        prompts = [self.prompt_ids(request_messages(r))[0] for r in requests]
+        wanted = [r.max_completion_tokens or r.max_tokens or self.args.default_max_tokens for r in requests]
+        ignore_eos = [(r.metadata or {}).get("ignore_eos") == "true" for r in requests]
+        eos = self.model.generation_config.eos_token_id
+        eos = {eos} if isinstance(eos, int) else set(eos or ())
+        generate = functools.partial(self.generation_plan.generate_batch, prompts, max(wanted), ignore_eos)
+        vocab = len(self.tokenizer)
+        ids, sent, done = [[] for _ in requests], ["" for _ in requests], [False for _ in requests]
+        slots = padded = 0
+        for step in stream_tokens(self.generation, lambda streamer: generate(streamer=streamer), self.args.token_timeout,
+                                  per_step=True):
+            deltas = []
+            for row, token in enumerate(step):
+                slots += 1
+                if done[row]:
+                    padded += 1
+                    deltas.append(None)  # a content-free chunk: not a token of this request
+                    continue
+                ids[row].append(token % vocab)
+                text = self.tokenizer.decode(ids[row], skip_special_tokens=True)
+                delta = "" if text.endswith("\ufffd") else text[len(sent[row]):]
+                sent[row] += delta
+                deltas.append(delta)
+                done[row] = len(ids[row]) >= wanted[row] or (token in eos and not ignore_eos[row])
+            yield deltas
+        self.padding.record(slots, padded)
+        yield [{"role": "assistant", "content": None, "prompt_tokens": p.shape[0], "completion_tokens": len(i),
+                "total_tokens": p.shape[0] + len(i)} for p, i in zip(prompts, ids)]
+
+    def encode_response(self, output_stream, context=None):
+        for step in output_stream:  # the spec's own encoding, applied per request of the step
+            yield [self._spec._encode_response(output) for output in step]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=8000)
@@ -318,6 +448,8 @@ def parse_args(argv=None):
     p.add_argument("--bench-max-tokens", type=int, default=32, help="tokens of the start-up direct measurement")
     p.add_argument("--report-dir", default=".server-logs", help="where the direct-throughput report goes")
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--max-batch-size", type=int, default=1, help="above 1: batched generation (BatchedLLMAPI)")
+    p.add_argument("--batch-timeout", type=float, default=0.0, help="seconds LitServe waits to fill a batch")
     p.add_argument("--token-timeout", type=float, default=60.0,
                    help="a request whose generation yields no token for this long ends with an error")
     return p.parse_args(argv)
@@ -327,12 +459,21 @@ def main(argv=None):
     prepare_main_process()
     args = parse_args(argv)
     device = resolve_device(args.device)
+    if args.max_batch_size > 1 and RECIPES[args.recipe].static_compile:
+        raise SystemExit(f"--max-batch-size {args.max_batch_size}: batched generation is eager (the static cache holds one sequence)")
+    batch_counts, padding = BatchSizeCounts(1, args.max_batch_size), PaddingCounts()
+    api_class = BatchedLLMAPI if args.max_batch_size > 1 else LLMAPI
     server = ls.LitServer(
-        LLMAPI(args), accelerator=device, devices=1, workers_per_device=1, timeout=args.timeout,
+        api_class(args, batch_counts, padding), accelerator=device, devices=1, workers_per_device=1, timeout=args.timeout,
         middlewares=[(BodyValidator, {"path": "/v1/chat/completions", "max_body_bytes": 4 * 2**20,
-                                      "validate": functools.partial(check_chat_body, max_tokens_limit=args.max_tokens_limit)})],
-        model_metadata={"model": args.model, "recipe": args.recipe, "device": device, "threads": str(args.threads)},
+                                      "validate": functools.partial(check_chat_body, max_tokens_limit=args.max_tokens_limit,
+                                                                greedy_only=args.max_batch_size > 1)})],
+        model_metadata={"model": args.model, "recipe": args.recipe, "device": device, "threads": str(args.threads),
+                        "max_batch_size": str(args.max_batch_size)},
     )
+    add_stats_routes(server, batch_counts, device, args.threads, False, max_batch_size=args.max_batch_size,
+                     batch_timeout_s=args.batch_timeout)
+    server.app.add_api_route(PADDING_PATH, padding.snapshot, methods=["GET"])
     serve(server, args.host, args.port)
 
 

@@ -143,3 +143,18 @@ class BatchSizeCounts:
 
 
 STATS_PATH = "/stats/batch-sizes"
+SERVING_PATH = "/stats/serving"
+
+
+def add_stats_routes(server, counts: BatchSizeCounts, accelerator: str, threads: int, fast_queue: bool, **facts) -> dict:
+    """GET STATS_PATH (the batch sizes the workers ran) and GET SERVING_PATH (what actually serves) on a
+    LitServer. litserve 0.2.19's LitServer.__init__ builds TransportConfig(transport_config=...) while the
+    model's field is transport_type, so fast_queue=True leaves the mp transport in place: the facts say what
+    the built config holds, not what was asked for."""
+    import litserve as ls
+
+    serving = {"accelerator": accelerator, "fast_queue": fast_queue, "transport": server.transport_config.transport_type,
+               "threads_per_worker": threads, "litserve": getattr(ls, "__version__", "unknown"), **facts}
+    server.app.add_api_route(STATS_PATH, counts.snapshot, methods=["GET"])
+    server.app.add_api_route(SERVING_PATH, lambda: serving, methods=["GET"])
+    return serving

@@ -65,12 +65,14 @@ def test_each_pair_holds_both_sides_in_a_seeded_random_order():
 
 def test_the_selection_is_pytest_k_over_the_collected_benchmarks():
     ids = lambda expression: [case.id for case in collected_cases(expression, "cpu")]  # noqa: E731
-    assert sorted(ids("batch_workers-c8 or llm_eager_bf16")) == ["cpu-batch_workers-c8", "cpu-llm_eager_bf16"]
+    assert sorted(ids("batch_workers-c8 or (test_llm_decode and llm_eager_bf16)")) == ["cpu-batch_workers-c8", "cpu-llm_eager_bf16"]
+    (under_load,) = collected_cases("test_llm_concurrency and llm_eager_bf16-c4", "cpu")  # a sweep level, at its users
+    assert under_load.kind == "llm" and under_load.concurrency == 4
     assert ids("test_classifier_throughput and batch_workers and c8") == ["cpu-batch_workers-c8"]
     assert {case.kind for case in collected_cases("test_llm_decode", "cpu")} == {"llm"}
     # A user's own LitAPI declaration is found the same way, with its declaration beside it.
     (embedding,) = collected_cases("embedding_batching-c8", "cpu")
-    assert embedding.litapi.bench.api == "servers.embedding:EmbeddingAPI" and embedding.concurrency == 8
+    assert embedding.closed_loop.bench.api == "servers.embedding:EmbeddingAPI" and embedding.concurrency == 8
     assert collected_cases("test_poisson", "cpu") == []  # open loop: not A/B'd
 
 

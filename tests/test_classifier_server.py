@@ -41,6 +41,7 @@ def classifier(weights, tmp_path_factory):
             # Batches of up to 4 with a generous timeout, so concurrent requests share a batch.
             ("max-batch-size", 4), ("batch-timeout", 0.05), ("threads", 1),
             ("max-pixels", MAX_PIXELS), ("max-body-bytes", MAX_BODY_BYTES),
+            ("fast-queue", True),  # asked for; what LitServe built is what test_the_server_says... reads
         ),
     )
     server = start_server(spec, tmp_path_factory.mktemp("logs"))
@@ -70,7 +71,7 @@ def test_response_is_top_k_softmax_with_labels(classifier):
 
 def test_the_server_reports_the_batch_sizes_its_workers_ran(classifier):
     from fixtures.metrics import batch_size_delta, mean_batch_size
-    from servers.classifier import STATS_PATH
+    from servers.runtime import STATS_PATH
 
     body = classifier_body(synthetic_image(SIZE))
     before = classifier.get_json(STATS_PATH)
@@ -81,6 +82,20 @@ def test_the_server_reports_the_batch_sizes_its_workers_ran(classifier):
     assert sum(int(size) * n for size, n in delta["0"].items()) == 8  # every request, in exactly one batch
     assert set(delta["0"]) <= {"1", "2", "3", "4"}  # never above max_batch_size
     assert mean_batch_size(delta) > 1  # eight at once shared batches (50 ms batch timeout)
+
+
+def test_the_server_says_which_transport_serves_it(classifier):
+    """fast_queue=True asks LitServe for its ZMQ transport; the record must hold the transport that was built
+    (in litserve 0.2.19 the option sets no field of TransportConfig and mp runs), whatever the version does."""
+    import litserve as ls
+    from litserve.test_examples import SimpleLitAPI
+
+    from servers.runtime import SERVING_PATH
+
+    built = ls.LitServer(SimpleLitAPI(), accelerator="cpu", fast_queue=True).transport_config.transport_type
+    facts = classifier.get_json(SERVING_PATH)
+    assert facts["fast_queue"] is True and facts["transport"] == built
+    assert facts["accelerator"] == "cpu" and facts["threads_per_worker"] == 1
 
 
 def test_batched_answers_match_the_model_in_process(classifier, weights):

@@ -95,6 +95,21 @@ def test_runs_of_another_machine_are_never_compared(tmp_path, real_run):
     assert len(cpu_runs) == 4 and detect_changes(cpu_runs) == []
 
 
+def test_a_run_on_fewer_cores_of_the_same_host_is_another_machine(tmp_path, real_run):
+    """`taskset -c 0` on the 2-core host: a one-core run's two-worker figures are about half the host's, and were
+    once reported as a 43% regression against it (the fingerprint read logical_cores, which taskset leaves at 2)."""
+    write_history(tmp_path, real_run, [100, 100, 100, 100])
+    one_core = copy.deepcopy(real_run)
+    one_core["machine_info"]["cpu_info"]["usable_cores"] = 1
+    one_core["commit_info"] = {"id": "e" * 40, "time": "2026-11-20T12:00:00+00:00", "dirty": False}
+    one_core["datetime"] = "2026-11-20T12:30:00"
+    one_core["benchmarks"][0]["extra_info"]["rps"] = 57.0
+    (tmp_path / "Linux-CPython-3.11-64bit" / "0099_one_core.json").write_text(json.dumps(one_core))
+    assert [r.commit for r in load_history(tmp_path)] == ["e" * 40]  # the newest run's machine: one core
+    whole_host = load_history(tmp_path, machine=machine_fingerprint(real_run["machine_info"]))
+    assert len(whole_host) == 4 and detect_changes(whole_host) == []
+
+
 def test_a_regression_after_a_package_upgrade_is_reported_beside_the_upgrade_not_silenced(tmp_path, real_run):
     """An environment change used to turn every regression into 'environment changed', and the GPU workflow
     installs unpinned packages: a real regression shipped with an upgrade was never reported."""

@@ -7,7 +7,7 @@ import pytest
 from fixtures.client_ceiling import client_bound
 from fixtures.load import RequestResult, arrival_schedule, run_closed_loop, run_open_loop
 from fixtures.knee import KneePolicy, find_knee
-from fixtures.metrics import goodput, late_count, llm_goodput, summarize
+from fixtures.metrics import goodput, late_count, summarize
 from fixtures.stream import StreamResult
 from tests.test_load import stub  # noqa: F401  (the in-process aiohttp stub server fixture)
 
@@ -112,11 +112,16 @@ def test_goodput_maths():
     assert g.share == 0.5 and g.rate == 1.0  # two of four within 100 ms, over 2 s
 
 
-def test_llm_goodput_uses_ttft_and_time_per_output_token():
-    fast = StreamResult(True, 200, 0.0, (0.1, 0.15, 0.2), 0.2, 3, 5)  # TTFT 0.1, TPOT 0.05
+def test_llm_goodput_uses_ttft_and_vllms_time_per_output_token():
+    from fixtures.stream import stream_goodput
+
+    fast = StreamResult(True, 200, 0.0, (0.1, 0.15, 0.2), 0.2, 3, 5)  # TTFT 0.1, TPOT (0.2 - 0.1) / 2 = 0.05
     slow_first = StreamResult(True, 200, 0.0, (0.6, 0.62, 0.64), 0.64, 3, 5)
     slow_tokens = StreamResult(True, 200, 0.0, (0.1, 0.4, 0.7), 0.7, 3, 5)  # TPOT 0.3
-    assert llm_goodput([fast, slow_first, slow_tokens], ttft_slo_s=0.5, tpot_slo_s=0.1) == pytest.approx(1 / 3)
+    # TPOT from the end of the stream, not its last chunk: a slow end (usage, [DONE]) counts, as in vLLM.
+    slow_end = StreamResult(True, 200, 0.0, (0.1, 0.15, 0.2), 1.0, 3, 5)  # TPOT (1.0 - 0.1) / 2 = 0.45
+    found = stream_goodput([fast, slow_first, slow_tokens, slow_end], ttft_slo_s=0.5, tpot_slo_s=0.1)
+    assert found.share == pytest.approx(1 / 4) and found.rate == pytest.approx(1 / 1.0)
 
 
 class FakeClock:

@@ -55,7 +55,7 @@ def sums_to_one(payload, answer):
 
 
 test_tiny_mlp = benchmark_test(LitAPIBenchmark(
-    api="servers.tiny_mlp:TinyMLP", check=sums_to_one,
+    api="servers.tiny_mlp:TinyMLP", check=sums_to_one, torch_module="model",
     payloads=tuple({"x": [((i * 7 + j) % 5) / 5 for j in range(16)]} for i in range(4)),
     variants={"batching": Serving(max_batch_size=4, batch_timeout=0.005)}))
 '''
@@ -97,6 +97,9 @@ def test_a_new_litapi_needs_one_server_file_and_one_short_test(tmp_path):
     for record in records.values():
         assert record["valid"] and record["served_api"] == "servers.tiny_mlp:TinyMLP"
         assert 0 < record["api_over_direct"] and record["direct_rps"] > 0 and record["observed_mean_batch_size"] >= 1
+        # Its rooflines from the module it named: 2 FLOPs per weight of each Linear, its fp32 parameters' bytes.
+        assert record["flops_per_sample"] == 2 * (16 * 64 + 64 * 4) and record["weight_bytes"] == 4 * (16 * 64 + 64 + 64 * 4 + 4)
+        assert record["roofline_rps_measured"] > 0 and "FlopCounterMode" in record["roofline_basis"]
 
     # Floors for it from that run.
     floors = copy / "floors-test.toml"
@@ -123,7 +126,7 @@ def _classifier_job_selection() -> str:
 
 
 # Names a new server would have had to be added to: the benchmark tests' function names.
-BENCHMARK_TEST_NAMES = ("test_classifier_throughput", "test_llm_decode", "test_poisson", "test_max_rate_at_slo",
+BENCHMARK_TEST_NAMES = ("test_classifier_throughput", "test_llm_decode", "test_llm_concurrency", "test_poisson", "test_max_rate_at_slo",
                         "test_fastapi", "test_relation", "test_embedding")
 
 

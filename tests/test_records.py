@@ -11,6 +11,7 @@ import pytest
 from fixtures.knee import Capacity, KneePolicy, find_knee
 
 from fixtures.ceilings import ClassifierCeilings, DeviceCeilings
+from fixtures.closed_loop import ClosedLoopMeasurement
 from fixtures.figures import FIGURES, FLOORED_FIGURES, HIGHER, TREND_FIGURES, UnknownFigure, checked_record, markdown
 from fixtures.load import WRONG_ANSWER, LoadRun, RequestResult
 from fixtures.records import classifier_record, framework_record, knee_record, llm_record, open_loop_record, soak_record
@@ -46,10 +47,13 @@ def batch_workers_record(runs):
     spec = classifier_specs("cpu")["batch_workers"]
     served = classifier.config_from_args(classifier.parse_args(spec.argv(0)[2:]))
     rounds = stability([len([r for r in run.results if r.ok]) / run.wall_s for run in runs], RoundPolicy(3, 0.10, 8))
+    measured = ClosedLoopMeasurement(runs, rounds, round_requests=100, batches={"0": {"4": 20, "3": 5}},
+                                     rss_before=300 * 2**20, rss_after=301 * 2**20, throttle=QUIET, utilisation=IDLE,
+                                     serving={"accelerator": "cpu", "threads_per_worker": 1, "transport": "mp",
+                                              "fast_queue": True})
     return checked_record(classifier_record(  # every key a declared figure: it can be saved
-        spec=spec, served=served, concurrency=8, round_requests=100, runs=runs, stability=rounds, ceilings=ceilings(),
-        client_ceiling=CLIENT_CEILING, throttle=QUIET, utilisation=IDLE, batches={"0": {"4": 20, "3": 5}},
-        rss_before=300 * 2**20, rss_after=301 * 2**20, answer_check="labels", payload="photos", ready_s=3.14159))
+        spec=spec, served=served, measured=measured, concurrency=8, ceilings=ceilings(), client_ceiling=CLIENT_CEILING,
+        answer_check="labels", payload="photos", ready_s=3.14159))
 
 
 def test_a_classifier_record_from_known_rounds():
@@ -66,6 +70,8 @@ def test_a_classifier_record_from_known_rounds():
     assert record["observed_mean_batch_size"] == pytest.approx((4 * 20 + 3 * 5) / 25)
     assert record["valid"] and record["invalid_reason"] is None and record["server_ready_s"] == 3.14
     assert record["client_ceiling_rps"] == 9000.0 and record["server_rss_mib_after"] == 301.0
+    # what served, as the server reported it: asked for the ZMQ transport, ran mp
+    assert (record["device"], record["threads_per_worker"], record["transport"], record["fast_queue"]) == ("cpu", 1, "mp", True)
     assert set(FLOORED_FIGURES) - {"tokens_per_s"} <= set(record)  # what floors.toml reads
 
 
@@ -80,28 +86,55 @@ def stream(start, first_token, gap, tokens) -> StreamResult:
     return StreamResult(True, 200, start, times, times[-1], tokens, 20, finish_reason="length")
 
 
-def test_an_llm_record_holds_tokens_per_s_against_the_direct_ceiling_and_the_bandwidth_roofline():
-    spec = llm_variants("cpu")["llm_eager_bf16"]
-    rounds = [[stream(0.0, 0.1, 0.05, 32), stream(2.0, 0.1, 0.05, 32)] for _ in range(3)]
-    report = {"direct_tokens_per_s": 25.0, "direct_tokens_per_s_runs": [24.0, 25.0, 23.0], "direct_threads": 1,
+LLM_REPORT = {"direct_tokens_per_s": 25.0, "direct_tokens_per_s_runs": [24.0, 25.0, 23.0], "direct_threads": 1,
               "prompt_tokens": 20, "max_new_tokens": 32, "kv_cache_dtype": "bf16", "stored_bytes": 270_000_000,
               "stored_bytes_by_dtype": {"bfloat16": 270_000_000}, "input_embedding_bytes": 28_311_552,
               "input_embedding_rows": 49152, "embedding_tied_to_head": True, "matmul_weight_elements": 134_000_000,
               "num_hidden_layers": 30, "num_key_value_heads": 3, "head_dim": 64}
-    peaks = DeviceCeilings("cpu", "AMD EPYC", 2, {"bf16": 1e11}, 20e9, None, "cpu: no datasheet, measured ceilings only")
-    tier = SimpleNamespace(max_new_tokens=32, device="cpu", threads=1)
+LLM_PEAKS = DeviceCeilings("cpu", "AMD EPYC", 2, {"bf16": 1e11}, 20e9, None, "cpu: no datasheet, measured ceilings only")
+LLM_TIER = SimpleNamespace(max_new_tokens=32, device="cpu", threads=1, ttft_slo_s=0.5, tpot_slo_s=0.06)
+
+
+def llm_record_of(rounds, spec_name="llm_eager_bf16", **kwargs):
     levels = stability([20.0, 20.0, 20.0], RoundPolicy(3, 0.10, 6))
-    record = checked_record(llm_record(spec=spec, tier=tier, recipe=RECIPES["eager_bf16"], rounds=rounds, stability=levels,
-                        direct_report=report, peaks=peaks, throttle=QUIET, utilisation=IDLE, rss_before=0,
-                        rss_after=0, answer_check="exact length", ready_s=1.0))
+    return checked_record(llm_record(spec=llm_variants("cpu")[spec_name], tier=LLM_TIER, recipe=RECIPES["eager_bf16"],
+                                     rounds=rounds, stability=levels, direct_report=LLM_REPORT, peaks=LLM_PEAKS,
+                                     throttle=QUIET, utilisation=IDLE, rss_before=0, rss_after=0,
+                                     answer_check="exact length", ready_s=1.0, **kwargs))
+
+
+def test_an_llm_record_holds_tokens_per_s_against_the_direct_ceiling_and_the_bandwidth_roofline():
+    record = llm_record_of([[stream(0.0, 0.1, 0.05, 32), stream(2.0, 0.1, 0.05, 32)] for _ in range(3)])
     per_request = 32 / (0.1 + 31 * 0.05)
-    assert record["tokens_per_s"] == pytest.approx(per_request)
+    assert record["tokens_per_s"] == pytest.approx(per_request) and record["tokens_per_s_served"] == record["tokens_per_s"]
     assert record["api_over_direct"] == pytest.approx(per_request / 25.0)
     assert record["bandwidth_achieved_gbs"] == pytest.approx(record["bytes_per_token"] * per_request / 1e9)
     assert record["memory_roofline_tokens_per_s_measured"] == pytest.approx(20e9 / record["bytes_per_token"])
     assert record["direct_over_roofline_measured"] == pytest.approx(25.0 / record["roofline_tokens_per_s_measured"])
     assert record["model_facts"]["stored_bytes"] == 270_000_000 and "direct_tokens_per_s" not in record["model_facts"]
     assert record["ttft_p50_ms"] == pytest.approx(100.0) and record["valid"]
+    # TPOT (1.65 - 0.1) / 31 = 50 ms: every request within TTFT 500 ms and TPOT 60 ms
+    assert record["tpot_p50_ms"] == pytest.approx(50.0) and record["goodput_share"] == 1.0
+
+
+def test_an_llm_record_under_load_holds_all_users_tokens_against_the_batched_decode_roofline():
+    """Four users of a batched server: one decode step reads the weights once and four sequences' KV, so the
+    memory roofline of all users' tokens is 4 x bandwidth / (weights read + 4 x KV per token)."""
+    # three rounds back to back, each a wave of 4 requests sent at once, TTFT 100-400 ms, ending 1.95 s later
+    rounds = [[stream(1.95 * k, 0.1 * (i + 1), 0.05, 32) for i in range(4)] for k in range(3)]
+    record = llm_record_of(rounds, "llm_batched_bf16", concurrency=4, max_batch_size=8,
+                           batches={"0": {"4": 3}}, padding={"slots": 384, "padded": 0})
+    weights, kv = record["weight_bytes_read_per_token"], record["kv_bytes_read_per_token"]
+    assert record["roofline_batch"] == 4 and record["bytes_per_decode_step"] == pytest.approx(weights + 4 * kv)
+    assert record["memory_roofline_tokens_per_s_measured"] == pytest.approx(4 * 20e9 / (weights + 4 * kv))
+    assert record["compute_roofline_tokens_per_s_measured"] == pytest.approx(1e11 / (2 * 134_000_000))  # per token, any batch
+    aggregate = 3 * 4 * 32 / (3 * 1.95)  # 384 tokens from the first send to the last end
+    assert record["tokens_per_s_served"] == pytest.approx(aggregate) == record["tokens_per_s_aggregate"]
+    assert record["api_over_roofline_measured"] == pytest.approx(aggregate / record["roofline_tokens_per_s_measured"])
+    # the model alone is held against the batch-1 roofline, a user's speed against the model alone
+    assert record["direct_over_roofline_measured"] == pytest.approx(25.0 / min(20e9 / (weights + kv), 1e11 / (2 * 134_000_000)))
+    assert (record["observed_mean_batch_size"], record["padding_share"], record["concurrency"]) == (4.0, 0.0, 4)
+    assert record["ttft_p90_ms"] == pytest.approx(400.0) and record["goodput_share"] == 1.0  # nearest rank of 12
 
 
 def test_soak_and_framework_records():

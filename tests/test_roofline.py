@@ -214,3 +214,53 @@ def test_decode_bytes_come_from_the_served_model_s_raw_facts():
     assert figures["weight_bytes_read_per_token"] == facts["stored_bytes"] + 100 * 32 * 2 / 100  # tied: all read + one row
     assert figures["kv_bytes_read_per_token"] == 2 * 2 * 2 * 8 * 2 * 12  # K and V, layers, kv heads, head_dim, bf16, context 12
     assert figures["flops_per_token"] == 2 * linear
+
+
+class TwoLinears:
+    """A LitAPI-shaped class (setup, decode_request, batch, predict, unbatch, encode_response) holding its torch
+    module as self.net, for fixtures.ceilings.code_ceilings: imported by name as a user's class would be."""
+
+    def __init__(self, max_batch_size=1, batch_timeout=0.0):
+        self.max_batch_size = max_batch_size
+
+    def setup(self, device):
+        self.net = torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.Linear(10, 2)).to(torch.bfloat16)
+
+    def decode_request(self, request):
+        return torch.tensor(request["x"], dtype=torch.bfloat16)
+
+    def batch(self, inputs):
+        return torch.stack(inputs)
+
+    def predict(self, x):
+        return self.net(x)
+
+    def unbatch(self, output):
+        return list(output)
+
+    def encode_response(self, output):
+        return output.float().tolist()
+
+
+def _code_ceilings(torch_module):
+    from fixtures.ceilings import code_ceilings
+    from fixtures.litapi import LitAPIBenchmark, LitAPICase, Serving
+
+    bench = LitAPIBenchmark(api="tests.test_roofline:TwoLinears", payloads=({"x": [1.0] * 6},), check=lambda p, a: None,
+                            variants={"batching": Serving(max_batch_size=4)}, torch_module=torch_module)
+    return code_ceilings(LitAPICase(bench, "cpu", "batching"), "cpu", 1, (1, 4), min_time_s=0.03)
+
+
+def test_a_litapi_naming_its_torch_module_gets_rooflines_from_its_own_predict():
+    found = _code_ceilings("net")
+    # FLOPs of predict on the payloads, per request: 2 per weight of each Linear (bf16 weights: the bf16 peak).
+    assert found.flops_per_sample == 2 * (6 * 10 + 10 * 2) and found.peak_dtype["matmul"] == "bf16"
+    assert found.weight_bytes == 2 * (6 * 10 + 10 + 10 * 2 + 2) and found.bytes_per_sample == found.weight_bytes / 4
+    assert found.roofline_rps_measured == min(found.compute_roofline_rps_measured, found.memory_roofline_rps_measured)
+    assert "api.net" in found.roofline_basis and set(found.direct_rps_by_batch) == {1, 4}
+
+
+def test_a_litapi_naming_no_module_says_it_has_no_roofline():
+    found = _code_ceilings(None)
+    assert found.roofline_rps_measured is None and found.flops_per_sample is None
+    assert found.roofline_basis.startswith("no roofline") and found.direct_rps_best > 0

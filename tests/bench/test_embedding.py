@@ -18,7 +18,7 @@ def right_answer(payload, answer):
 
 
 test_embedding = benchmark_test(LitAPIBenchmark(
-    api="servers.embedding:EmbeddingAPI", path="/v1/embeddings", check=right_answer,
+    api="servers.embedding:EmbeddingAPI", path="/v1/embeddings", check=right_answer, torch_module="model",
     payloads=tuple({"input": list(triple), "model": "all-MiniLM-L6-v2"} for triple in TRIPLES),
     variants={"no_batching": Serving(), "batching": Serving(max_batch_size=8, batch_timeout=0.01),
               "batching_workers": Serving(max_batch_size=8, batch_timeout=0.01, workers_per_device=2),

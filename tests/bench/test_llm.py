@@ -1,10 +1,14 @@
-"""LLM decode speed through the OpenAI-compatible streaming API, batch 1, one request at a time.
+"""LLM decode speed through the OpenAI-compatible streaming API: every recipe at one user (batch 1, one request at
+a time: test_llm_decode, the seeds' question) and under a closed loop of several users (test_llm_concurrency).
 
-A round is a fixed number of requests of exactly N new tokens each, so pytest-benchmark's time per
-round is the inverse of tokens/s. The record (fixtures.records.llm_record) holds the client-side stream metrics (TTFT, inter-token
-latency, time per output token, end-to-end), the server's in-process direct tokens/s, the decode
-rooflines (bytes per token over memory bandwidth, FLOPs per token over peak compute; measured and
-datasheet), the bandwidth achieved (bytes per token x tokens/s) and the efficiency ratios.
+A round is a fixed number of requests of exactly N new tokens each (at c users, c of them at once), so
+pytest-benchmark's time per round is the inverse of tokens/s. The record (fixtures.records.llm_record) holds the
+client-side stream metrics (TTFT, inter-token latency, time per output token, end-to-end: p50/p90/p99), goodput at
+the tier's TTFT and TPOT objectives, the server's in-process direct tokens/s, the decode rooflines at the batch
+the concurrency can form (bytes per step over memory bandwidth, FLOPs per token over peak compute; measured and
+datasheet), the bandwidth achieved and the efficiency ratios, the batches the server ran and, batched, the
+decode-step slots spent on padding. Its rounds are streams, not fixtures/closed_loop.py's request runs; its
+ending is every benchmark's (end_benchmark). A batch-1 recipe under concurrency queues: its TTFT grows with c.
 """
 
 import json
@@ -12,69 +16,94 @@ import json
 import pytest
 
 from fixtures.answers import checked_llm_client
-from fixtures.gpu import ThrottleSampler, nvml_required_failure
+from fixtures.closed_loop import end_benchmark
+from fixtures.gpu import ThrottleSampler
+from fixtures.metrics import batch_size_delta
 from fixtures.records import llm_record
-from fixtures.relations import ceiling_sanity
 from fixtures.request_log import stream_rows
 from fixtures.rounds import RoundPolicy, record_rounds, run_until_stable
 from fixtures.server import SERVER_LOG_DIR
 from fixtures.stream import summarize_streams
 from fixtures.utilisation import UtilisationSampler
 from fixtures.variants import LLM_TIERS, gpu_smoke_ids, llm_variants
+from servers.llm import PADDING_PATH
 from servers.llm_models import RECIPES
-from servers.runtime import device_type
+from servers.runtime import STATS_PATH
 
 ANSWER_CHECK = "one content chunk per usage token, a finish reason, exactly max_tokens under ignore_eos"
 
 
-def _cases():
+def _cases(sweep: bool):
+    """(tier, spec, concurrency) of every recipe: at one user (ids <tier>-llm_<recipe>, the ids floors and saved runs
+    have always used), or at each of the tier's levels beyond one (ids <tier>-llm_<recipe>-c<n>)."""
     for tier_name, tier in LLM_TIERS.items():
         for variant, spec in llm_variants(tier_name).items():
             recipe = RECIPES[spec.option("recipe")]
             marks = ([pytest.mark.floored, pytest.mark.llm] + ([pytest.mark.gpu] if tier.device == "cuda" else [])
-                     + ([pytest.mark.compile] if recipe.static_compile else [])
-                     + ([pytest.mark.gpu_smoke] if spec.name in gpu_smoke_ids() else []))
-            yield pytest.param(tier, spec, marks=marks, id=spec.name)
+                     + ([pytest.mark.compile] if recipe.static_compile else []))
+            if not sweep:
+                smoke = [pytest.mark.gpu_smoke] if spec.name in gpu_smoke_ids() else []
+                yield pytest.param(tier, spec, 1, marks=marks + smoke, id=spec.name)
+                continue
+            batched = int(spec.option("max-batch-size", 1)) > 1
+            for concurrency in tier.batched_concurrency if batched else tier.concurrency:
+                yield pytest.param(tier, spec, concurrency, marks=marks, id=f"{spec.name}-c{concurrency}")
 
 
-@pytest.mark.benchmark(group="llm")
-@pytest.mark.parametrize("tier, server", list(_cases()), indirect=["server"], scope="session")
-def test_llm_decode(request, benchmark, device_peaks, floor_failures, machine_class, save_record, tier, server):
-    # device_peaks comes before server in the signature: measured before any server starts.
+def llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_class, save_record, tier, server, concurrency):
     spec = server.spec
     report = json.loads((SERVER_LOG_DIR / f"llm-direct-{server.port}.json").read_text())  # the worker's raw facts
+    requests = tier.requests_per_round if concurrency == 1 else tier.round_requests(concurrency)
 
-    policy = RoundPolicy(tier.rounds, tier.max_round_cv, tier.max_rounds)
+    def one_round(client):
+        return client.sequential(requests) if concurrency == 1 else client.closed_loop(requests, concurrency)
+
+    figure = (lambda streams: summarize_streams(streams).tokens_per_s_per_request) if concurrency == 1 else (
+        lambda streams: summarize_streams(streams).tokens_per_s_aggregate)
     with checked_llm_client(server.url, spec, tier) as client:
-        # One request of max_new_tokens: runs every decode step's shape once (and opens the keep-alive
-        # connection the rounds use), at any speed.
-        warmup = client.sequential(1)
-        assert warmup[0].ok, f"warm-up failed: {warmup[0].status} {warmup[0].error}"
-        rss_before = server.rss_bytes()
+        # One request of max_new_tokens (at c users one wave of c): runs every decode step's shape once and opens
+        # the keep-alive connections the rounds use, at any speed. The smoke pass's one round needs no warm-up.
+        warmup = [] if benchmark.disabled else client.sequential(1) if concurrency == 1 else one_round(client)
+        assert all(r.ok for r in warmup), f"warm-up failed: {[(r.status, r.error) for r in warmup if not r.ok][:3]}"
+        rss_before, batches_before, padding_before = server.rss_bytes(), server.get_json(STATS_PATH), server.get_json(PADDING_PATH)
         with ThrottleSampler() as throttle, UtilisationSampler(server.alive_pids) as utilisation:
-            rounds, stability = run_until_stable(lambda: client.sequential(tier.requests_per_round),
-                                                 lambda streams: summarize_streams(streams).tokens_per_s_per_request,
-                                                 policy, single_round=benchmark.disabled)
-        rss_after = server.rss_bytes()
+            rounds, stability = run_until_stable(lambda: one_round(client), figure,
+                                                 RoundPolicy(tier.rounds, tier.max_round_cv, tier.max_rounds),
+                                                 single_round=benchmark.disabled)
+        rss_after, padding_after = server.rss_bytes(), server.get_json(PADDING_PATH)
+        batches = batch_size_delta(batches_before, server.get_json(STATS_PATH))
 
     record_rounds(benchmark, [max(r.end_s for r in streams) - min(r.start_s for r in streams)
                               for streams in rounds[-stability.window:]])
     figures = save_record(llm_record(
         spec=spec, tier=tier, recipe=RECIPES[spec.option("recipe")], rounds=rounds, stability=stability,
         direct_report=report, peaks=device_peaks[tier.device], throttle=throttle, utilisation=utilisation,
-        rss_before=rss_before, rss_after=rss_after, answer_check=ANSWER_CHECK, ready_s=server.ready_after_s),
+        rss_before=rss_before, rss_after=rss_after, answer_check=ANSWER_CHECK, ready_s=server.ready_after_s,
+        concurrency=concurrency, max_batch_size=int(spec.option("max-batch-size", 1)), batches=batches,
+        padding={key: padding_after[key] - padding_before[key] for key in padding_after}),
         requests=stream_rows(rounds))
 
     failed = [(r.kind, r.status, r.error) for streams in rounds for r in streams if not r.ok][:3]
-    assert figures["valid"], f"figures not trusted: {figures['invalid_reason']}; first failures {failed}; server {server.state()}"
-    nvml_failure = nvml_required_failure(throttle, request.config.getoption("--require-gpu"), utilisation) if tier.device == "cuda" else None
-    assert nvml_failure is None, nvml_failure
-    if benchmark.disabled:
-        return  # smoke pass (make test): not measured enough for floors or ceiling checks
-    insane = ceiling_sanity(figures, {"direct": f"{figures['direct_tokens_per_s']:.4g} tok/s (the worker's own generate)",
-                                      "roofline": f"{figures['roofline_tokens_per_s_measured']} tok/s"})
-    below = floor_failures(tier.device, figures, {"direct": figures["direct_tokens_per_s"],
-                                                  "roofline(measured)": figures["roofline_tokens_per_s_measured"],
-                                                  "roofline(datasheet)": figures["roofline_tokens_per_s_datasheet"]})
-    where = f"{request.node.callspec.id} on machine class {machine_class(device_type(tier.device))!r}"
-    assert not insane + below, "\n".join([f"{where}: {line}" for line in insane] + below)
+    end_benchmark(request, benchmark, figures, device=tier.device, server=server, failures=f"first failures {failed}",
+                  throttle=throttle, utilisation=utilisation,
+                  sanity={"direct": f"{figures['direct_tokens_per_s']:.4g} tok/s (the worker's own generate)",
+                          "roofline": f"{figures['roofline_tokens_per_s_measured']} tok/s"},
+                  floor_ceilings={"direct": figures["direct_tokens_per_s"],
+                                  "roofline(measured)": figures["roofline_tokens_per_s_measured"],
+                                  "roofline(datasheet)": figures["roofline_tokens_per_s_datasheet"]},
+                  floor_failures=floor_failures, machine_class=machine_class)
+
+
+# device_peaks comes before server in the signatures: measured before any server starts. scope="session": one
+# server per recipe across both tests (fixtures/ordering.py).
+@pytest.mark.benchmark(group="llm")
+@pytest.mark.parametrize("tier, server, concurrency", list(_cases(sweep=False)), indirect=["server"], scope="session")
+def test_llm_decode(request, benchmark, device_peaks, floor_failures, machine_class, save_record, tier, server, concurrency):
+    llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_class, save_record, tier, server, concurrency)
+
+
+@pytest.mark.benchmark(group="llm-concurrency")
+@pytest.mark.parametrize("tier, server, concurrency", list(_cases(sweep=True)), indirect=["server"], scope="session")
+def test_llm_concurrency(request, benchmark, device_peaks, floor_failures, machine_class, save_record, tier, server,
+                         concurrency):
+    llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_class, save_record, tier, server, concurrency)
