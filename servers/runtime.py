@@ -1,6 +1,5 @@
 """What every server entry point does before LitServe runs: exit cleanly on SIGTERM, die with
-its parent, pin the torch thread count and keep freed memory (see ../shared/NOTES-stack.md and the
-README for the measurements)."""
+its parent, pin the torch thread count and keep freed memory (each function says why, with what was measured)."""
 
 import ctypes
 import logging

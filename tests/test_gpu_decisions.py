@@ -116,3 +116,42 @@ def test_gpu_smoke_touches_each_precision_once_and_every_llm_recipe():
     assert {steps[s].option("precision") for s in chosen} == {spec.option("precision") for spec in steps.values()}
     assert {"compile", "pinned"} <= chosen and all(i.endswith("-c8") or "llm" in i for i in ids)
     assert {spec.name for spec in llm_variants("gpu").values()} <= ids
+
+
+def test_the_gpu_llm_sweep_goes_to_64_users_batched_and_to_8_one_at_a_time():
+    """What gpu-bench.yml's llm job collects from tests/bench/test_llm.py on a GPU: every recipe at one user, the
+    one-at-a-time recipes at 2-8 users (beyond, a batch-1 server only queues), the batched one at 2-64."""
+    import subprocess
+    import sys
+
+    from fixtures.server import REPO_ROOT
+
+    listed = subprocess.run([sys.executable, "-m", "pytest", "tests/bench/test_llm.py", "--collect-only", "-q", "-m", "gpu",
+                             "-p", "no:cacheprovider"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120).stdout
+    ids = {line.split("[", 1)[1].rstrip("]") for line in listed.splitlines() if "[gpu-" in line}
+    batched = {i for i in ids if i.startswith("gpu-llm_batched_bf16-c")}
+    assert {int(i.rsplit("-c", 1)[1]) for i in batched} == {2, 4, 8, 16, 32, 64}
+    assert {i for i in ids if i.startswith("gpu-llm_eager_bf16-c")} == {f"gpu-llm_eager_bf16-c{c}" for c in (2, 4, 8)}
+    assert "gpu-llm_torchao_float8" in ids and "gpu-llm_torchao_float8-c8" in ids and "gpu-llm_batched_bf16" in ids
+
+
+def test_every_benchmarks_ending_fails_a_gpu_run_whose_nvml_was_not_read_under_require_gpu():
+    """fixtures.closed_loop.end_benchmark, on the GPU tier with --require-gpu: an unread NVML fails the benchmark
+    before any floor is looked at (the classifier's, a LitAPI's and the LLM's ending alike)."""
+    from types import SimpleNamespace
+
+    from fixtures.closed_loop import end_benchmark
+
+    request = SimpleNamespace(config=SimpleNamespace(getoption=lambda name: name == "--require-gpu"),
+                              node=SimpleNamespace(callspec=SimpleNamespace(id="gpu-x-c8")))
+    unread = SimpleNamespace(unavailable_reason="NVML library not found", available=False)
+    floors_looked_at = []
+    kwargs = dict(device="cuda", server=SimpleNamespace(state=lambda: "running"), failures="", throttle=unread,
+                  utilisation=SimpleNamespace(nvml_problem=None), sanity={}, floor_ceilings={},
+                  floor_failures=lambda *a: floors_looked_at.append(a) or [], machine_class=lambda device: "gpu/1x H100")
+    with pytest.raises(AssertionError, match="GPU clock events not sampled"):
+        end_benchmark(request, SimpleNamespace(disabled=False), {"valid": True}, **kwargs)
+    assert floors_looked_at == []
+    read = SimpleNamespace(unavailable_reason=None, available=True)
+    end_benchmark(request, SimpleNamespace(disabled=False), {"valid": True, "api_over_direct": 0.5}, **{**kwargs, "throttle": read})
+    assert len(floors_looked_at) == 1  # read: on to the floors of the class

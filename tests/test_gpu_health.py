@@ -7,6 +7,7 @@ import pynvml
 
 from fixtures import gpu
 from fixtures.metrics import untrusted_reason
+from fixtures.rounds import RoundPolicy, stability
 
 
 def test_reason_bits_are_nvml_s():
@@ -34,7 +35,8 @@ def test_thermal_slowdown_invalidates_and_says_how_often():
     momentary = [0] * 39 + [thermal]
     assert gpu.throttle_problems(momentary) == [] and gpu.reason_fractions(momentary)["sw_thermal_slowdown"] == 0.025
     assert gpu.throttle_problems([0] * 19 + [thermal] * 2)  # 9.5%: invalid
-    assert "sw_thermal_slowdown" in untrusted_reason(0, 0.01, gpu_throttle=gpu.throttle_problems([thermal]))
+    settled = stability([100.0, 100.0, 100.0], RoundPolicy(3, 0.05, 5))
+    assert "sw_thermal_slowdown" in untrusted_reason(0, settled, gpu_throttle=gpu.throttle_problems([thermal]))
 
 
 def test_sampler_collects_during_the_window_and_marks_the_run_invalid():

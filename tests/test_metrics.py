@@ -72,25 +72,28 @@ def test_summary_serialises_to_plain_floats():
 
 
 def test_coefficient_of_variation_and_trust():
-    from fixtures.metrics import MAX_ROUND_CV, coefficient_of_variation, untrusted_reason
+    from fixtures.metrics import coefficient_of_variation, untrusted_reason
+    from fixtures.rounds import RoundPolicy, stability
 
     assert coefficient_of_variation([10.0]) == 0.0
     assert coefficient_of_variation([9.0, 10.0, 11.0]) == pytest.approx(0.1)  # sample sd 1, mean 10
-    assert untrusted_reason(0, 0.05) is None
-    assert untrusted_reason(2, 0.05) == "2 request(s) failed"
-    assert "coefficient of variation 0.40 > 0.25" in untrusted_reason(0, 0.40)
-    assert MAX_ROUND_CV == 0.25
+    settled, unsettled = (stability(rates, RoundPolicy(3, 0.10, 3)) for rates in ([99.0, 100.0, 101.0], [60.0, 100.0, 140.0]))
+    assert untrusted_reason(0, settled) is None
+    assert untrusted_reason(2, settled) == "2 request(s) failed"
+    assert "did not converge" in untrusted_reason(0, unsettled)
 
 
 def test_wrong_answers_are_counted_apart_and_make_the_run_untrusted():
     from fixtures.metrics import untrusted_reason
+    from fixtures.rounds import RoundPolicy, stability
 
     wrong = RequestResult(ok=False, status=200, latency_s=0.01, error="top-1 281, expected 207", kind=WRONG_ANSWER, check_s=2e-5)
     s = summarize([ok(0.01), wrong, failed()], wall_s=1.0)
     assert s.errors == 2 and s.wrong_answers == 1 and s.rps == 1.0
     assert s.check_ms_per_request == pytest.approx(0.02 / 3)
     assert error_breakdown([wrong]) == {"wrong_answer 200: top-1 281, expected 207": 1}
-    assert untrusted_reason(s.errors, 0.0, wrong_answers=s.wrong_answers) == "1 wrong answer(s) among 2 failed request(s)"
+    assert untrusted_reason(s.errors, stability([1.0] * 3, RoundPolicy(3, 0.1, 3)), wrong_answers=s.wrong_answers) == \
+        "1 wrong answer(s) among 2 failed request(s)"
 
 
 def test_a_soak_whose_server_memory_keeps_growing_fails_as_a_leak():

@@ -97,6 +97,7 @@ def test_the_summary_page_says_what_a_reviewer_needs_in_a_minute(tmp_path):
     from fixtures.report import summary_for_storage, summary_page
 
     run = json.loads(json.dumps(RUN))
+    run["benchmarks"][0]["extra_info"]["server"] = {"name": "cpu-batch_workers"}  # the ladder's batch_workers step
     run["machine_info"].update(
         machine_class={"cpu": "cpu/Xeon/2c/amx"},
         floor_results={"cpu-batched-c8": "held", "cpu-llm_eager_bf16": ["cpu-llm_eager_bf16: tokens_per_s measured 9 < floor 12"],
@@ -112,7 +113,8 @@ def test_the_summary_page_says_what_a_reviewer_needs_in_a_minute(tmp_path):
     assert "**Relations: FAIL** (1 held, 1 recorded, 1 violated)" in page and "litserve beats fastapi: 0.8x < 1.0x" in page
     assert "- recorded, not asserted: gpu: int8 beats bf16: ratio 1.050; not asserted: unmeasured" in page
     assert "| `88888888` | cpu-batched-c8 | rps | 125 | 100 | -20.0% (worse) | 1e-05 | Slow the decode down |" in page
-    assert "| cpu-batched-c8 | 125.0 | 210.0 |" in page and "| cpu-llm_eager_bf16 | 18.9 | 19.3 |" in page
+    # the ladder whole, by step and level, and the LLM table
+    assert "| batch_workers | 125.0 (0.60) |" in page and "| cpu-llm_eager_bf16 |" in page and "| 18.9 |" in page
     assert "[index.md](.benchmarks/plots/index.md)" in page
     assert len(page.splitlines()) < 60
     assert "No saved benchmark run here" in summary_for_storage(tmp_path)

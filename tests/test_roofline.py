@@ -242,25 +242,32 @@ class TwoLinears:
         return output.float().tolist()
 
 
-def _code_ceilings(torch_module):
+def _code_ceilings(torch_module, monkeypatch):
+    from fixtures import ceilings
     from fixtures.ceilings import code_ceilings
     from fixtures.litapi import LitAPIBenchmark, LitAPICase, Serving
+
+    # The arithmetic, not the probes: peaks of 1e11 FLOP/s per family and 2e10 B/s (measuring them takes a minute).
+    known = DeviceCeilings("cpu", "test", 1, {"fp32": 1e11, "bf16": 1e11}, 2e10, None, "cpu: test", {"fp32": 1e11, "bf16": 1e11})
+    monkeypatch.setattr(ceilings, "device_ceilings", lambda device, threads=None: known)
 
     bench = LitAPIBenchmark(api="tests.test_roofline:TwoLinears", payloads=({"x": [1.0] * 6},), check=lambda p, a: None,
                             variants={"batching": Serving(max_batch_size=4)}, torch_module=torch_module)
     return code_ceilings(LitAPICase(bench, "cpu", "batching"), "cpu", 1, (1, 4), min_time_s=0.03)
 
 
-def test_a_litapi_naming_its_torch_module_gets_rooflines_from_its_own_predict():
-    found = _code_ceilings("net")
+def test_a_litapi_naming_its_torch_module_gets_rooflines_from_its_own_predict(monkeypatch):
+    found = _code_ceilings("net", monkeypatch)
     # FLOPs of predict on the payloads, per request: 2 per weight of each Linear (bf16 weights: the bf16 peak).
     assert found.flops_per_sample == 2 * (6 * 10 + 10 * 2) and found.peak_dtype["matmul"] == "bf16"
     assert found.weight_bytes == 2 * (6 * 10 + 10 + 10 * 2 + 2) and found.bytes_per_sample == found.weight_bytes / 4
+    assert found.compute_roofline_rps_measured == pytest.approx(1e11 / found.flops_per_sample)  # one worker fits
+    assert found.memory_roofline_rps_measured == pytest.approx(2e10 / found.bytes_per_sample)
     assert found.roofline_rps_measured == min(found.compute_roofline_rps_measured, found.memory_roofline_rps_measured)
     assert "api.net" in found.roofline_basis and set(found.direct_rps_by_batch) == {1, 4}
 
 
-def test_a_litapi_naming_no_module_says_it_has_no_roofline():
-    found = _code_ceilings(None)
+def test_a_litapi_naming_no_module_says_it_has_no_roofline(monkeypatch):
+    found = _code_ceilings(None, monkeypatch)
     assert found.roofline_rps_measured is None and found.flops_per_sample is None
     assert found.roofline_basis.startswith("no roofline") and found.direct_rps_best > 0

@@ -26,13 +26,13 @@ def test_rounds_continue_until_the_last_window_agrees():
     assert judged.converged and judged.rounds_taken == 5 and judged.window == 3
     assert judged.window_cv == pytest.approx(0.01)
     assert 0 < judged.ci95_half_width_rel < 0.05
-    assert untrusted_reason(0, judged.window_cv, stability=judged) is None
+    assert untrusted_reason(0, judged) is None
 
 
 def test_a_run_that_never_settles_within_its_budget_is_invalid():
     results, judged = run([100.0, 130.0, 90.0, 140.0, 80.0, 150.0], RoundPolicy(window=3, max_cv=0.05, max_rounds=5))
     assert len(results) == 5 and not judged.converged
-    reason = untrusted_reason(0, judged.window_cv, stability=judged)
+    reason = untrusted_reason(0, judged)
     assert "did not converge" in reason and "last 3 of 5 rounds" in reason
     assert judged.as_dict()["rounds_converged"] is False and judged.as_dict()["round_budget"] == 5
 

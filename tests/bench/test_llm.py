@@ -61,9 +61,12 @@ def llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_clas
     figure = (lambda streams: summarize_streams(streams).tokens_per_s_per_request) if concurrency == 1 else (
         lambda streams: summarize_streams(streams).tokens_per_s_aggregate)
     with checked_llm_client(server.url, spec, tier) as client:
-        # One request of max_new_tokens (at c users one wave of c): runs every decode step's shape once and opens
-        # the keep-alive connections the rounds use, at any speed. The smoke pass's one round needs no warm-up.
-        warmup = [] if benchmark.disabled else client.sequential(1) if concurrency == 1 else one_round(client)
+        # At one user one request of max_new_tokens: every decode step's shape once, and the keep-alive connection.
+        # At c users one wave of c requests of 2 tokens: the c connections the rounds use, a prefill and a decode
+        # step at the batch c forms (the server is already warm from one user: one wave of N tokens cost 32-60 s
+        # of make bench and warmed nothing more). The smoke pass's one round needs no warm-up.
+        warmup = [] if benchmark.disabled else client.sequential(1) if concurrency == 1 else client.closed_loop(
+            concurrency, concurrency, max_tokens=2)
         assert all(r.ok for r in warmup), f"warm-up failed: {[(r.status, r.error) for r in warmup if not r.ok][:3]}"
         rss_before, batches_before, padding_before = server.rss_bytes(), server.get_json(STATS_PATH), server.get_json(PADDING_PATH)
         with ThrottleSampler() as throttle, UtilisationSampler(server.alive_pids) as utilisation:
