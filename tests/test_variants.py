@@ -57,3 +57,15 @@ def test_a_round_is_several_waves_of_the_concurrent_clients():
     # A faster server gets longer rounds, never shorter than min_round_s at the warm-up's rate.
     assert cpu.round_requests(8, warm_rps=40.0) == 48 and cpu.round_requests(8, warm_rps=400.0) == 200
     assert gpu.round_requests(8, warm_rps=3000.0) == 3000
+
+
+def test_the_cpu_peaks_cover_every_precision_the_cpu_tier_serves():
+    """The CPU peaks probe fp32 and bf16 only (fp16's emulated probes were slow and no CPU step serves it): a CPU
+    step or recipe in another precision would get no compute roofline, so adding one must add its probe."""
+    from fixtures.ceilings import CPU_PEAK_DTYPES
+    from fixtures.variants import llm_variants
+    from servers.llm_models import RECIPES
+
+    served = {classifier.compute_precision(spec.option("precision")) for spec in classifier_specs("cpu").values()}
+    served |= {RECIPES[spec.option("recipe")].precision for spec in llm_variants("cpu").values()}
+    assert served <= set(CPU_PEAK_DTYPES), served
