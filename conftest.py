@@ -31,4 +31,4 @@ def pytest_addoption(parser):
                     help="only the benchmarks marked gpu_smoke (make gpu-smoke)")
     group.addoption("--floors-file", default=None, help="read floors from this file instead of floors.toml")
     group.addoption("--machine-class", default=None,
-                    help="look floors up under this machine class instead of this machine's (fixtures.machine.machine_class)")
+                    help="look floors up under this machine class instead of this machine's (fixtures.measure.machine.machine_class)")

@@ -1,5 +1,5 @@
 """A bare aiohttp server answering POST /predict with a constant: no framework, no model. Against it
-the load generator measures its own ceiling on this machine (fixtures/client_ceiling.py).
+the load generator measures its own ceiling on this machine (fixtures/measure/client_ceiling.py).
 
     python -m servers.bare --port 8000
 """

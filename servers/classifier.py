@@ -95,7 +95,7 @@ def _autocast_module():
 
 def build_model(config: ClassifierConfig, device):
     """The served model, in eval mode on `device` in the configured precision. The direct-throughput
-    ceiling (fixtures/ceilings.py) builds it with this same function."""
+    ceiling (fixtures/measure/ceilings.py) builds it with this same function."""
     import timm
     import torch
 

@@ -179,7 +179,7 @@ def stored_bytes(tensor) -> int:
 
 
 def model_facts(model) -> dict:
-    """Raw facts of the served model that the harness turns into a decode roofline (fixtures.roofline):
+    """Raw facts of the served model that the harness turns into a decode roofline (fixtures.measure.roofline):
     what it stores, how its embedding is shared, how many weights its matrix products multiply, and the
     shape of its KV cache. Facts only: no ceiling is computed in the server."""
     import torch

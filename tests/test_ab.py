@@ -1,4 +1,4 @@
-"""A/B of two commits (fixtures/ab.py): the statistics on known inputs, the selection as pytest -k makes it,
+"""A/B of two commits (fixtures/ab.py, fixtures/track/ab_verdict.py): the statistics on known inputs, the selection as pytest -k makes it,
 and one real run where HEAD is a commit whose server is slower on purpose, served from its own worktree."""
 
 import json
@@ -7,9 +7,10 @@ import subprocess
 
 import pytest
 
-from fixtures.ab import (BASE, HEAD, collected_cases, compare_launches, interleaved_order, render_markdown, run_ab,
-                         signed_rank_critical)
-from fixtures.server import REPO_ROOT
+from fixtures.ab import collected_cases, run_ab
+from fixtures.track.ab_verdict import (BASE, HEAD, compare_launches, interleaved_order, render_markdown,
+                                       signed_rank_critical)
+from fixtures.drive.server import REPO_ROOT
 
 
 def test_signed_rank_critical_values_are_the_published_table():
@@ -46,7 +47,7 @@ def test_a_significant_change_inside_the_threshold_does_not_fail():
 
 
 def test_a_figure_fails_only_past_its_own_declared_noise():
-    # p99's least change worth reporting is 30% (fixtures/figures.py): 20% worse is reported, not failed.
+    # p99's least change worth reporting is 30% (fixtures/record/figures.py): 20% worse is reported, not failed.
     comparison = compare_launches("latency_p99_ms", _launches([1.2] * 6, noise=0.001))
     assert comparison.verdict == "slower" and comparison.gate >= 0.3 and not comparison.fails
 
@@ -112,8 +113,8 @@ def test_each_side_is_served_from_its_own_commit(slowed_clone, tmp_path):
 def test_the_summary_page_shows_the_newest_ab_table(tmp_path):
     from dataclasses import asdict
 
-    from fixtures.ab import RESULTS_FOLDER
-    from fixtures.report import summary_for_storage
+    from fixtures.track.ab_verdict import RESULTS_FOLDER
+    from fixtures.track.report import summary_for_storage
 
     slower = compare_launches("rps", _launches([0.8] * 6))
     result = {"base": {"ref": "origin/main", "commit": "a" * 40}, "head": {"ref": "HEAD", "commit": "b" * 40},

@@ -5,7 +5,7 @@ CPU direct ceiling and the served rate depend on what a process had allocated be
 import subprocess
 import sys
 
-from fixtures.server import REPO_ROOT
+from fixtures.drive.server import REPO_ROOT
 from servers.runtime import allocator_policy, allocator_settings
 
 BLOCK_FLOATS = 10 << 20  # a 40 MiB block: above any mmap threshold glibc would pick by itself

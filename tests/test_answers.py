@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from fixtures.answers import classifier_check, expected_top1_for, llm_check
-from fixtures.images import missing_images, real_image_bodies
+from fixtures.drive.answers import classifier_check, expected_top1_for, llm_check
+from fixtures.drive.images import missing_images, real_image_bodies
 from servers.classifier import ClassifierConfig
 
 LABELS = [f"class_{i}" for i in range(10)]
@@ -43,9 +43,9 @@ def test_top1_is_expected_of_a_real_fp32_model_only():
     assert "may flip near ties" in expected_top1_for(reduced, [])[1]
 
 
-@pytest.mark.skipif(bool(missing_images()), reason="real photos missing (python -m fixtures.images)")
+@pytest.mark.skipif(bool(missing_images()), reason="real photos missing (python -m fixtures.drive.images)")
 def test_the_reference_top1_of_the_real_model_is_mostly_the_imagenet_label():
-    from fixtures.images import real_images
+    from fixtures.drive.images import real_images
 
     config = ClassifierConfig(pretrained="efficientnet_lite0", model="efficientnet_lite0", input_size=224, num_classes=1000)
     bodies = real_image_bodies(224)

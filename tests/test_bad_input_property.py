@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fixtures.server import start_server
-from fixtures.variants import ServerSpec
+from fixtures.drive.server import start_server
+from fixtures.drive.spec import ServerSpec
 
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 

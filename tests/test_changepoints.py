@@ -1,4 +1,4 @@
-"""Change points across commits (fixtures/changepoints.py) on synthetic histories of saved runs: a real
+"""Change points across commits (fixtures/track/changepoints.py) on synthetic histories of saved runs: a real
 pytest-benchmark run (tests/test_history.py's real_run) copied into one saved run per commit."""
 
 import copy
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from fixtures.changepoints import change_points, recent_regressions, split_points
-from fixtures.history import load_history
-from fixtures.regression import main as regression_main
+from fixtures.track.changepoints import change_points, recent_regressions, split_points
+from fixtures.track.history import load_history
+from fixtures.track.regression import main as regression_main
 from tests.test_history import real_run  # noqa: F401  (the fixture)
 
 # This machine's run-to-run spread: the median coefficient of variation of req/s over three make bench runs

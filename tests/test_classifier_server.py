@@ -10,10 +10,10 @@ import pytest
 import timm
 import torch
 
-from fixtures.payloads import classifier_body, synthetic_image
-from fixtures.server import start_server
+from fixtures.drive.payloads import classifier_body, synthetic_image
+from fixtures.drive.server import start_server
+from fixtures.drive.spec import ServerSpec
 from servers.classifier import decode_image
-from fixtures.variants import ServerSpec
 from tests.post import post
 
 MODEL, SIZE, CLASSES = "resnet18", 64, 10
@@ -70,7 +70,7 @@ def test_response_is_top_k_softmax_with_labels(classifier):
 
 
 def test_the_server_reports_the_batch_sizes_its_workers_ran(classifier):
-    from fixtures.metrics import batch_size_delta, mean_batch_size
+    from fixtures.measure.batches import batch_size_delta, mean_batch_size
     from servers.runtime import STATS_PATH
 
     body = classifier_body(synthetic_image(SIZE))

@@ -3,8 +3,8 @@
 import subprocess
 import sys
 
-from fixtures.doctor import Facts, checks, gpu_recipe_minimums, gpu_recipe_unverified
-from fixtures.server import REPO_ROOT
+from fixtures.drive.server import REPO_ROOT
+from fixtures.setup.doctor import Facts, checks, gpu_recipe_minimums, gpu_recipe_unverified
 
 PACKAGES = {"torch": "2.14.1", "torchvision": "0.29.1", "litserve": "0.2.19", "timm": "1.0", "transformers": "5.23.0",
             "torchao": "0.18.0", "aiohttp": "3.9"}
@@ -59,9 +59,9 @@ def test_no_gpu_warns_unless_a_gpu_is_required():
 
 
 def test_doctor_runs_here_and_gpu_smoke_stops_at_once_without_a_gpu():
-    doctor = subprocess.run([sys.executable, "-m", "fixtures.doctor"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    doctor = subprocess.run([sys.executable, "-m", "fixtures.setup.doctor"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert "python" in doctor.stdout and "doctor:" in doctor.stdout
-    from fixtures.machine import cuda_available
+    from fixtures.measure.machine import cuda_available
 
     if cuda_available():
         return

@@ -1,5 +1,5 @@
 """The text-embedding server (servers/embedding.py) as an OpenAI client sees it, served by the generic launcher
-(fixtures/launch.py) with batching: unit vectors that keep meaning, the batch sizes it ran, and bad bodies
+(fixtures/drive/launch.py) with batching: unit vectors that keep meaning, the batch sizes it ran, and bad bodies
 answered 422 without failing the requests batched beside them."""
 
 import json
@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from fixtures.server import start_server
-from fixtures.variants import ServerSpec
+from fixtures.drive.server import start_server
+from fixtures.drive.spec import ServerSpec
 from servers.runtime import STATS_PATH
 from tests.post import post
 
@@ -20,7 +20,7 @@ UNRELATED = "Rain is expected in Paris tomorrow."
 
 @pytest.fixture(scope="module")
 def embedding(tmp_path_factory):
-    spec = ServerSpec(name="embedding-functional", module="fixtures.launch",
+    spec = ServerSpec(name="embedding-functional", module="fixtures.drive.launch",
                       options=(("api", "servers.embedding:EmbeddingAPI"), ("accelerator", "cpu"), ("max-batch-size", 8),
                                ("batch-timeout", 0.05)))
     server = start_server(spec, tmp_path_factory.mktemp("logs"))

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from fixtures import floors as floors_module
-from fixtures.floors import CalibrationError, calibrated_floors, find_floor, load_floors, merge_floors
-from fixtures.machine import GENERATION_NOT_RECORDED, cpu_generation, cpu_info, cpu_isa_tier, machine_class
+from fixtures.measure.machine import GENERATION_NOT_RECORDED, cpu_generation, cpu_info, cpu_isa_tier, machine_class
+from fixtures.record import calibrate as calibrate_module
+from fixtures.record.calibrate import CalibrationError, calibrated_floors, merge_floors
+from fixtures.record.floors import find_floor, load_floors
 
 AMD = {"cpu_info": {"model": "AMD EPYC", "vendor": "AuthenticAMD", "cpu_family": "25", "cpu_model": "17",
                     "usable_cores": 2, "isa": "avx512_bf16"}, "cuda_devices": []}
@@ -63,24 +64,24 @@ def test_calibration_refuses_invalid_runs_and_mixed_classes():
 def test_writing_merges_with_other_classes_and_keeps_provenance(tmp_path):
     path = tmp_path / "floors.toml"
     xeon_entries = {"cpu-baseline-c8": {"min_rps": 37.7}}
-    floors_module.write_floors(merge_floors({}, "cpu/Intel(R) Xeon(R) Processor/2c/amx", xeon_entries,
+    calibrate_module.write_floors(merge_floors({}, "cpu/Intel(R) Xeon(R) Processor/2c/amx", xeon_entries,
                                             {"machine": "xeon", "measured": "2026-11-23", "margin": "30%"}), path)
     runs = [tmp_path / f"000{i}_abc.json" for i in range(1, 4)]
     for run, rps in zip(runs, (130.0, 100.0, 120.0)):
         run.write_text(json.dumps(saved_run(AMD, rps)))
-    assert floors_module.main(["--from-runs", *map(str, runs), "--device", "cpu", "--floors", str(path)]) == 0
+    assert calibrate_module.main(["--from-runs", *map(str, runs), "--device", "cpu", "--floors", str(path)]) == 0
     written = load_floors(path)
     assert written["cpu/Intel(R) Xeon(R) Processor/2c/amx"]["cpu-baseline-c8"] == {"min_rps": 37.7}
     amd = written[AMD_CLASS]
     assert amd["runs"] == ["0001_abc.json", "0002_abc.json", "0003_abc.json"] and amd["commit"] == "abc1234"
     assert "AMD EPYC" in amd["machine"] and amd["measured"] and "30%" in amd["margin"]
     # Floors written from saved runs say so (they said --calibrate, a command that did not run).
-    assert amd["command"] == "python -m fixtures.floors --from-runs 0001_abc.json 0002_abc.json 0003_abc.json"
+    assert amd["command"] == "python -m fixtures.record.calibrate --from-runs 0001_abc.json 0002_abc.json 0003_abc.json"
     assert find_floor(written, AMD_CLASS, "cpu-baseline-c8").minimums["rps"] == 70.0
     # An invalid run: nothing is written, the file is as it was.
     before = path.read_text()
     runs[0].write_text(json.dumps(saved_run(AMD, 1.0, valid=False)))
-    assert floors_module.main(["--from-runs", *map(str, runs), "--device", "cpu", "--floors", str(path)]) == 1
+    assert calibrate_module.main(["--from-runs", *map(str, runs), "--device", "cpu", "--floors", str(path)]) == 1
     assert path.read_text() == before
 
 

@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from fixtures.variants import llm_variants
 from servers.llm import GenerationFailed, compile_config, compile_plan, needs_sync, stream_tokens
 from servers.llm_models import RECIPES, torchao_config
 from servers.runtime import device_type
-from fixtures.variants import llm_variants
 
 
 def test_litserve_s_device_string_is_cuda():
@@ -99,7 +99,7 @@ def test_a_generation_that_stalls_ends_with_an_error_at_the_token_timeout():
 
 
 def test_the_datasheet_row_of_a_mapped_cuda_device():
-    from fixtures.ceilings import datasheet_for
+    from fixtures.measure.device_peaks import datasheet_for
 
     name, sheet, status = datasheet_for({"cuda_index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.6})
     assert status == "known" and sheet["bf16_tflops"] == 989.5
@@ -124,7 +124,7 @@ def test_the_gpu_llm_sweep_goes_to_64_users_batched_and_to_8_one_at_a_time():
     import subprocess
     import sys
 
-    from fixtures.server import REPO_ROOT
+    from fixtures.drive.server import REPO_ROOT
 
     listed = subprocess.run([sys.executable, "-m", "pytest", "tests/bench/test_llm.py", "--collect-only", "-q", "-m", "gpu",
                              "-p", "no:cacheprovider"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120).stdout

@@ -5,9 +5,9 @@ import itertools
 
 import pynvml
 
-from fixtures import gpu
-from fixtures.metrics import untrusted_reason
-from fixtures.rounds import RoundPolicy, stability
+from fixtures.measure import gpu
+from fixtures.measure.rounds import RoundPolicy, stability
+from fixtures.measure.verdicts import untrusted_reason
 
 
 def test_reason_bits_are_nvml_s():
@@ -114,7 +114,7 @@ def test_an_unreadable_nvml_fails_under_require_gpu_and_is_a_recorded_warning_el
 
 
 def test_a_utilisation_sampler_whose_nvml_call_raises_records_why_and_fails_under_require_gpu():
-    from fixtures.utilisation import UtilisationSampler
+    from fixtures.measure.utilisation import UtilisationSampler
 
     class BrokenNvml:
         @staticmethod

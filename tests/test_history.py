@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from fixtures.history import load_history, machine_fingerprint
-from fixtures.plots import make_plots
-from fixtures.regression import detect_changes, format_changes, main as regression_main, regressions
+from fixtures.track.history import load_history, machine_fingerprint
+from fixtures.track.plots import make_plots
+from fixtures.track.regression import detect_changes, format_changes, main as regression_main, regressions
 from tests.test_pytest_wiring import run_pytest
 
 REAL_BENCHMARK = """
@@ -157,7 +157,7 @@ def test_session_hook_plots_and_checks_after_saving(tmp_path):
 
 
 def test_invalid_figures_are_left_out_of_the_history(tmp_path, real_run):
-    from fixtures.history import series
+    from fixtures.track.history import series
 
     write_history(tmp_path, real_run, [100, 100, 100, 70])
     newest = sorted(tmp_path.glob("*/*.json"))[-1]
@@ -172,8 +172,8 @@ def test_invalid_figures_are_left_out_of_the_history(tmp_path, real_run):
 def test_the_end_of_a_saving_session_searches_change_points_once(tmp_path, real_run, monkeypatch):
     """make_plots takes the history and change points the regression check already has, instead of
     reading every saved run and running the change-point search a second time."""
-    import fixtures.changepoints
-    import fixtures.plots
+    import fixtures.track.changepoints
+    import fixtures.track.plots
 
     write_history(tmp_path, real_run, [100, 100, 100, 70])
     runs = load_history(tmp_path)
@@ -181,7 +181,7 @@ def test_the_end_of_a_saving_session_searches_change_points_once(tmp_path, real_
     def searched_again(*args, **kwargs):
         raise AssertionError("change points searched a second time")
 
-    monkeypatch.setattr(fixtures.changepoints, "change_points", searched_again)
-    monkeypatch.setattr(fixtures.plots, "load_history", lambda *a, **k: searched_again())
+    monkeypatch.setattr(fixtures.track.changepoints, "change_points", searched_again)
+    monkeypatch.setattr(fixtures.track.plots, "load_history", lambda *a, **k: searched_again())
     paths = make_plots(tmp_path, tmp_path / "plots", runs=runs, points_of_change=[])
     assert any(p.name.startswith("trend-") for p in paths)

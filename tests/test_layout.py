@@ -4,7 +4,7 @@ not import conftest; conftest.py is options and wiring only."""
 import ast
 from pathlib import Path
 
-from fixtures.server import REPO_ROOT
+from fixtures.drive.server import REPO_ROOT
 
 
 def imported_modules(path: Path) -> set:
@@ -19,7 +19,7 @@ def imported_modules(path: Path) -> set:
 
 
 def test_served_code_imports_nothing_from_the_harness():
-    """servers/llm.py imported fixtures.roofline to compute bytes per token in the worker; the benchmark
+    """servers/llm.py imported fixtures.measure.roofline to compute bytes per token in the worker; the benchmark
     matrix (servers/variants.py) lived beside the servers."""
     offenders = {path.name: sorted(m for m in imported_modules(path) if m.split(".")[0] in ("fixtures", "tests", "conftest"))
                  for path in (REPO_ROOT / "servers").glob("*.py")}
@@ -77,3 +77,57 @@ def test_nothing_refers_to_a_file_outside_the_repository():
         if "../shared" in path.read_text(errors="replace") and path != Path(__file__):
             outside.append(str(path.relative_to(REPO_ROOT)))
     assert not outside, outside
+
+
+# fixtures/, bottom to top: drive (start servers, send load, check answers), measure (rounds, summaries, machine,
+# ceilings), record (what a benchmark saves and asserts), track (runs across commits), then the top-level modules
+# in this order, and setup (first-run checks) and the plugin above everything. A module imports only from its own
+# group (without cycles) and from groups below it.
+FIXTURE_LAYERS = ("drive", "measure", "record", "track", "variants", "closed_loop", "litapi", "expected_relations",
+                  "ab", "setup", "plugin")
+
+
+def _fixture_layer(dotted: str) -> str:
+    parts = dotted.split(".")
+    return parts[1] if len(parts) > 1 else "fixtures"
+
+
+def fixture_import_violations() -> list:
+    """'importer -> imported' for every fixtures import pointing up (or sideways at the top), and every cycle
+    inside a group."""
+    violations, within = [], {}
+    for path in sorted((REPO_ROOT / "fixtures").rglob("*.py")):
+        rel = path.relative_to(REPO_ROOT).with_suffix("")
+        module = ".".join(rel.parts)
+        layer = rel.parts[1] if len(rel.parts) > 2 else rel.stem
+        if layer == "__init__":
+            continue
+        assert layer in FIXTURE_LAYERS, f"{module} is in no layer of FIXTURE_LAYERS"
+        for imported in imported_modules(path):
+            if not imported.startswith("fixtures."):
+                continue
+            target = _fixture_layer(imported)
+            if target == layer:
+                within.setdefault(module, set()).add(imported)
+            elif FIXTURE_LAYERS.index(target) > FIXTURE_LAYERS.index(layer):
+                violations.append(f"{module} -> {imported}")
+
+    def cycle_from(start, node, seen):
+        for nxt in within.get(node, ()):
+            if nxt == start:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                if cycle_from(start, nxt, seen):
+                    return True
+        return False
+
+    violations += [f"{module} is in an import cycle" for module in sorted(within) if cycle_from(module, module, set())]
+    return violations
+
+
+def test_fixture_imports_only_point_down():
+    """The harness read as layers: a figure is driven, measured, recorded, tracked; nothing below imports the
+    variants, a benchmark's composition or the plugin (once, drive/answers imported the variants and
+    measure/ceilings the user's declaration)."""
+    assert fixture_import_violations() == []

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from fixtures.server import start_server
-from fixtures.stream import StreamClient
-from fixtures.variants import ServerSpec
+from fixtures.drive.server import start_server
+from fixtures.drive.spec import ServerSpec
+from fixtures.drive.stream import StreamClient
 from servers import llm
 from servers.llm_models import RECIPES, load
 from tests.post import post
@@ -93,7 +93,7 @@ def batched_server(tmp_path_factory):
 
 
 def test_concurrent_users_share_batches_and_each_gets_its_own_exact_stream(batched_server):
-    from fixtures.answers import llm_check
+    from fixtures.drive.answers import llm_check
 
     body = {"model": "smollm2-135m", "messages": LONG, "max_tokens": 8, "temperature": 0, "metadata": {"ignore_eos": "true"}}
     with StreamClient(f"{batched_server.url}/v1/chat/completions", body, llm_check(8, exact_length=True)) as client:
@@ -105,7 +105,7 @@ def test_concurrent_users_share_batches_and_each_gets_its_own_exact_stream(batch
 
 
 def test_a_shorter_request_in_a_batch_ends_at_its_own_length_and_is_counted_as_padding(batched_server):
-    from fixtures.answers import llm_check
+    from fixtures.drive.answers import llm_check
 
     before = batched_server.get_json(llm.PADDING_PATH)
     bodies = [{"model": "smollm2-135m", "messages": LONG, "max_tokens": n, "temperature": 0, "metadata": {"ignore_eos": "true"}}

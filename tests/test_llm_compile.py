@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fixtures.records import compile_problem
+from fixtures.record.records import compile_problem
 from servers.llm import Generation, compile_counters
 from servers.llm_models import INDUCTOR_SETTINGS, RECIPES
 

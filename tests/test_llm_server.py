@@ -6,10 +6,11 @@ import json
 import openai
 import pytest
 
-from fixtures.server import start_server
-from fixtures.stream import StreamResult, run_sequential_streams, summarize_streams
+from fixtures.drive.server import start_server
+from fixtures.drive.spec import ServerSpec
+from fixtures.drive.stream import StreamResult, run_sequential_streams
+from fixtures.measure.stream_metrics import summarize_streams
 from servers.llm import validate_chat_body
-from fixtures.variants import ServerSpec
 from tests.post import post
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]

@@ -6,8 +6,8 @@ import threading
 import pytest
 from aiohttp import web
 
-from fixtures.load import WRONG_ANSWER, LoadClient, run_closed_loop
-from fixtures.server import LOOPBACK, free_port
+from fixtures.drive.load import WRONG_ANSWER, LoadClient, run_closed_loop
+from fixtures.drive.server import LOOPBACK, free_port
 
 
 class StubServer:
@@ -121,7 +121,7 @@ def test_a_connection_idle_past_the_client_keep_alive_is_not_reused(stub):
     server was closing failed a request with ServerDisconnectedError (fastapi-n200, fresh-clone make test)."""
     import time
 
-    from fixtures.load import KEEPALIVE_S
+    from fixtures.drive.load import KEEPALIVE_S
 
     assert KEEPALIVE_S < 5.0  # under uvicorn's default timeout_keep_alive
     with LoadClient(stub.url, [b"{}"], concurrency=2, keepalive_s=0.2) as client:

@@ -5,13 +5,15 @@ the same classifier made slower on purpose (each predict sleeps first)."""
 
 import pytest
 
-from fixtures.answers import checked_classifier_client
-from fixtures.client_ceiling import client_ceiling
-from fixtures.knee import find_knee, knee_rate_cap, open_loop_p99, probe_capacity
-from fixtures.load import LoadClient, soak
-from fixtures.metrics import error_breakdown, rss_growth_problem, summarize
-from fixtures.server import start_server
-from fixtures.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, ServerSpec, classifier_variants
+from fixtures.drive.answers import checked_classifier_client
+from fixtures.drive.load import LoadClient, soak
+from fixtures.drive.server import start_server
+from fixtures.drive.spec import ServerSpec
+from fixtures.measure.client_ceiling import client_ceiling
+from fixtures.measure.knee import find_knee, knee_rate_cap, open_loop_p99, probe_capacity
+from fixtures.measure.metrics import error_breakdown, summarize
+from fixtures.measure.verdicts import rss_growth_problem
+from fixtures.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_variants
 
 TIER, LOAD = CLASSIFIER_TIERS["cpu"], LOAD_MODEL_TIERS["cpu"]
 BASELINE = classifier_variants("cpu")["baseline"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fixtures import machine
+from fixtures.measure import machine
 
 NVML = [  # NVML enumerates in PCI order: an L4 first, then two H100s
     {"index": 0, "name": "NVIDIA L4", "uuid": "GPU-aaaaaaaa-0000-0000-0000-000000000000", "memory_gib": 22.5},

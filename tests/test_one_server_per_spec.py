@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections import Counter
 
-from fixtures.server import REPO_ROOT
+from fixtures.drive.server import REPO_ROOT
 
 COUNT_STARTS = '''
 def pytest_sessionfinish(session):
@@ -37,7 +37,7 @@ def test_tests_of_one_spec_run_back_to_back_in_collection_order():
 
     import pytest
 
-    from fixtures.ordering import COLLECTION_INDEX, one_server_per_spec_order
+    from fixtures.drive.ordering import COLLECTION_INDEX, one_server_per_spec_order
 
     @dataclass
     class Item:

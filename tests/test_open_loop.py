@@ -4,11 +4,11 @@ import statistics
 
 import pytest
 
-from fixtures.client_ceiling import client_bound
-from fixtures.load import RequestResult, arrival_schedule, run_closed_loop, run_open_loop
-from fixtures.knee import KneePolicy, find_knee
-from fixtures.metrics import goodput, late_count, summarize
-from fixtures.stream import StreamResult
+from fixtures.drive.load import RequestResult, arrival_schedule, run_closed_loop, run_open_loop
+from fixtures.drive.stream import StreamResult
+from fixtures.measure.client_ceiling import client_bound
+from fixtures.measure.knee import KneePolicy, find_knee
+from fixtures.measure.metrics import goodput, late_count, summarize
 from tests.test_load import stub  # noqa: F401  (the in-process aiohttp stub server fixture)
 
 
@@ -60,7 +60,7 @@ def stalling_server():
 
     from aiohttp import web
 
-    from fixtures.server import LOOPBACK, free_port
+    from fixtures.drive.server import LOOPBACK, free_port
 
     state = {"requests": 0}
 
@@ -113,7 +113,7 @@ def test_goodput_maths():
 
 
 def test_llm_goodput_uses_ttft_and_vllms_time_per_output_token():
-    from fixtures.stream import stream_goodput
+    from fixtures.measure.stream_metrics import stream_goodput
 
     fast = StreamResult(True, 200, 0.0, (0.1, 0.15, 0.2), 0.2, 3, 5)  # TTFT 0.1, TPOT (0.2 - 0.1) / 2 = 0.05
     slow_first = StreamResult(True, 200, 0.0, (0.6, 0.62, 0.64), 0.64, 3, 5)
@@ -187,7 +187,7 @@ def test_client_bound_flag():
 def test_each_concurrency_is_flagged_against_the_client_s_ceiling_at_that_concurrency():
     """client_bound compared every level with the c=8 ceiling: a c=1 run at 900 req/s against a client that
     sends 1,000 req/s at c=1 (but 4,000 at c=8) is client-bound."""
-    from fixtures.client_ceiling import client_figures
+    from fixtures.measure.client_ceiling import client_figures
 
     ceiling = {"bare_aiohttp_rps": {1: 1000.0, 8: 4000.0}, "litserve_noop_rps": {1: 500.0, 8: 1500.0}}
     at_one = client_figures(ceiling, 1, rps=900.0)

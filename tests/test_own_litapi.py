@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from fixtures.server import REPO_ROOT
+from fixtures.drive.server import REPO_ROOT
 
 TINY_SERVER = '''\
 """A two-layer torch MLP over JSON vectors."""
@@ -103,7 +103,7 @@ def test_a_new_litapi_needs_one_server_file_and_one_short_test(tmp_path):
 
     # Floors for it from that run.
     floors = copy / "floors-test.toml"
-    calibrated = subprocess.run([sys.executable, "-m", "fixtures.floors", "--from-runs", str(saved), "--floors", str(floors),
+    calibrated = subprocess.run([sys.executable, "-m", "fixtures.record.calibrate", "--from-runs", str(saved), "--floors", str(floors),
                                  "--device", "cpu"], cwd=copy, capture_output=True, text=True, timeout=120)
     assert calibrated.returncode == 0, calibrated.stdout + calibrated.stderr
     written = floors.read_text()

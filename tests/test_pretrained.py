@@ -3,7 +3,7 @@ samples are mostly right, MNIST digits are read, and every step of the optimisat
 workers, parallel decoding, half precision, channels_last, compile, timeouts, batch sizes) gives the
 same top-1 as the fp32 model in-process (the GPU tier's steps, compile included, on a GPU).
 
-Images: fixtures/images.py (chelsea.png, darknet's dog.jpg, foolbox's 20 labelled ImageNet samples).
+Images: fixtures/drive/images.py (chelsea.png, darknet's dog.jpg, foolbox's 20 labelled ImageNet samples).
 Models: servers/pretrained.py (efficientnet-lite0 ImageNet weights, catdog head, MNIST CNN).
 """
 
@@ -13,9 +13,10 @@ import json
 
 import pytest
 
-from fixtures.images import file_body, missing_images, real_images
+from fixtures.drive.images import file_body, missing_images, real_images
+from fixtures.drive.spec import ServerSpec
+from fixtures.variants import CLASSIFIER_TIERS, classifier_variants, with_pretrained
 from servers.pretrained import CAT_CLASSES, DOG_CLASSES, imagenet_labels, mnist_split
-from fixtures.variants import CLASSIFIER_TIERS, ServerSpec, classifier_variants, with_pretrained
 from tests.post import post
 
 # The 20 samples: efficientnet-lite0 fp32 got 18 right here (two "609" jeeps read as other cars); the
@@ -53,12 +54,12 @@ def all_photos(images):
     """The whole set, for tests whose bounds are counted on it: skips naming what is missing."""
     missing = missing_images()
     if missing:
-        pytest.skip(f"real photos missing (see `python -m fixtures.images`): {', '.join(missing)}")
+        pytest.skip(f"real photos missing (see `python -m fixtures.drive.images`): {', '.join(missing)}")
     return images
 
 
 def test_load_generator_bodies_are_the_real_photos_at_the_input_size(images):
-    from fixtures.images import real_image_bodies
+    from fixtures.drive.images import real_image_bodies
     from servers.classifier import decode_image
 
     bodies = real_image_bodies(112)
@@ -138,7 +139,7 @@ REDUCED_PRECISIONS = ("tf32", "fp16", "bf16")
 
 def effective_precision(precision: str, device: str, cudnn_allow_tf32: bool) -> str:
     """What the convolutions of a served step compute in: the step's precision, TF32 for fp32 on CUDA."""
-    from fixtures.roofline import kernel_peak_keys
+    from fixtures.measure.roofline import kernel_peak_keys
     from servers.classifier import compute_precision
     from servers.runtime import device_type
 
@@ -198,7 +199,7 @@ def test_every_ladder_step_gives_the_fp32_top1(record_property, step, server, im
 
 def test_a_failing_photo_source_costs_its_photo_only(tmp_path, monkeypatch):
     """No apt lists, a non-Debian runner, no network: collect() says which photo and why, never raises."""
-    from fixtures import images as images_module
+    from fixtures.drive import images as images_module
 
     def no_apt(target):
         raise RuntimeError("`apt-get download darknet` fetched nothing (exit 100)")

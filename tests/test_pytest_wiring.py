@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.machine import cuda_available, machine_info, this_machine_class
-from fixtures.server import REPO_ROOT
+from fixtures.drive.server import REPO_ROOT
+from fixtures.measure.machine import cuda_available, machine_info, this_machine_class
 
 GPU_TEST = """
 import pytest
@@ -23,7 +23,7 @@ def test_needs_a_gpu():
 
 SERVER_TEST = """
 import pytest
-from fixtures.variants import ServerSpec
+from fixtures.drive.spec import ServerSpec
 
 NOOP = ServerSpec(name="wiring-noop", module="servers.noop", startup_timeout_s=60)
 
@@ -111,7 +111,7 @@ def test_saved_runs_carry_machine_info_and_compare(tmp_path):
 WAITING_SERVER_TEST = """
 import json, os, time
 import pytest
-from fixtures.variants import ServerSpec
+from fixtures.drive.spec import ServerSpec
 
 NOOP = ServerSpec(name="ctrl-c-noop", module="servers.noop", options=(("workers-per-device", 2),), startup_timeout_s=60)
 
@@ -166,8 +166,8 @@ def test_ctrl_c_during_a_run_ends_every_server_process(tmp_path):
 
 SAVING_TEST = """
 import pytest
-from fixtures.load import LoadRun, RequestResult
-from fixtures.request_log import request_rows
+from fixtures.drive.load import LoadRun, RequestResult
+from fixtures.drive.request_log import request_rows
 
 @pytest.mark.parametrize("n", [3], ids=["cpu-demo-c1"])
 def test_saved(benchmark, save_record, n):

@@ -8,15 +8,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from fixtures.knee import Capacity, KneePolicy, find_knee
+from fixtures.measure.knee import Capacity, KneePolicy, find_knee
 
-from fixtures.ceilings import ClassifierCeilings, DeviceCeilings
 from fixtures.closed_loop import ClosedLoopMeasurement
-from fixtures.figures import FIGURES, FLOORED_FIGURES, HIGHER, TREND_FIGURES, UnknownFigure, checked_record, markdown
-from fixtures.load import WRONG_ANSWER, LoadRun, RequestResult
-from fixtures.records import classifier_record, framework_record, knee_record, llm_record, open_loop_record, soak_record
-from fixtures.rounds import RoundPolicy, stability
-from fixtures.stream import StreamResult
+from fixtures.drive.load import WRONG_ANSWER, LoadRun, RequestResult
+from fixtures.drive.stream import StreamResult
+from fixtures.measure.ceilings import ClassifierCeilings
+from fixtures.measure.device_peaks import DeviceCeilings
+from fixtures.measure.rounds import RoundPolicy, stability
+from fixtures.record.figures import FIGURES, FLOORED_FIGURES, HIGHER, TREND_FIGURES, UnknownFigure, checked_record, markdown
+from fixtures.record.records import classifier_record, framework_record, knee_record, llm_record, open_loop_record, soak_record
 from fixtures.variants import classifier_specs, llm_variants
 from servers import classifier
 from servers.llm_models import RECIPES
@@ -180,13 +181,13 @@ def test_the_catalogue_judges_only_what_has_a_direction():
 
 def test_docs_list_every_figure_of_the_catalogue():
     listed = (Path(__file__).parent.parent / "docs" / "figures.md").read_text()
-    assert markdown() in listed, "docs/figures.md's figure list is stale: paste `python -m fixtures.figures` into it"
+    assert markdown() in listed, "docs/figures.md's figure list is stale: paste `python -m fixtures.record.figures` into it"
 
 
 def test_a_run_saved_before_the_record_layer_plots_on_the_same_trend_lines(tmp_path):
-    """Run 0012 (commit f9502e9, before fixtures/records.py) and a run of today's records share their trend
+    """Run 0012 (commit f9502e9, before fixtures/record/records.py) and a run of today's records share their trend
     lines: every key it saved is still a declared figure, and each trend series reads both runs."""
-    from fixtures.history import load_history, series
+    from fixtures.track.history import load_history, series
 
     old = json.loads((DATA / "run-0012-before-the-record-layer.json").read_text())
     assert {key for bench in old["benchmarks"] for key in bench["extra_info"]} <= set(FIGURES)

@@ -8,9 +8,12 @@ import sys
 
 import pytest
 
-from fixtures.ceilings import ClassifierCeilings, efficiency
-from fixtures.relations import Relation, ceiling_sanity, declared_relations, judge
-from fixtures.server import REPO_ROOT
+from fixtures.drive.server import REPO_ROOT
+from fixtures.expected_relations import declared_relations
+from fixtures.measure.ceilings import ClassifierCeilings
+from fixtures.measure.roofline import efficiency
+from fixtures.record.relations import Relation, judge
+from fixtures.record.sanity import ceiling_sanity
 
 
 def ceilings(direct_rps, roofline_rps=400.0) -> ClassifierCeilings:
@@ -101,3 +104,25 @@ def test_a_first_run_on_a_class_without_floors_passes_checked_and_a_floored_one_
     # The relation is judged whatever the floors say (both figures were recorded before any assertion).
     assert re.search(r"(held|violated)\s+cpu: batching with workers beats the baseline at c=8", out), out[-3000:]
     assert f"machine class {FAKE_CLASS!r} has no floors yet for 1 benchmark(s)" in out and "make calibrate" in out
+
+
+def test_every_relation_reads_its_evidence_from_relations_toml_and_a_missing_entry_is_an_error(tmp_path):
+    """The ratios and their measurements are data (relations.toml): every entry there is read by some relation,
+    and a relation without one fails naming what to add (a silent default would assert a ratio nobody measured)."""
+    import tomllib
+
+    from fixtures.expected_relations import RELATIONS_PATH, load_evidence
+
+    evidence = load_evidence()
+    sources = {r.source for r in declared_relations()}
+    unread = [f"{tier}.{key}" for tier, entries in evidence.items() for key, entry in entries.items()
+              if entry["source"] not in sources]
+    assert unread == []
+    trimmed = tomllib.loads(RELATIONS_PATH.read_text())
+    del trimmed["cpu"]["int4_beats_int8"]
+    import tomli_w
+
+    path = tmp_path / "relations.toml"
+    path.write_text(tomli_w.dumps(trimmed))
+    with pytest.raises(KeyError, match=r"no \[cpu.int4_beats_int8\]"):
+        declared_relations(path)

@@ -2,7 +2,7 @@
 
 import json
 
-from fixtures.report import ceiling_tables, describe_machine, markdown_table
+from fixtures.track.report import ceiling_tables, describe_machine, markdown_table
 
 
 def bench(param, **extra_info):
@@ -45,14 +45,14 @@ def test_ceiling_tables_align_mark_unknowns_and_keep_each_unit_apart():
 
 
 def test_ids_sort_numbers_as_numbers():
-    from fixtures.report import natural_key
+    from fixtures.track.report import natural_key
 
     ids = ["fastapi-n100", "fastapi-n10", "cpu-batch-c8", "cpu-batch-c1", "fastapi-n50"]
     assert sorted(ids, key=natural_key) == ["cpu-batch-c1", "cpu-batch-c8", "fastapi-n10", "fastapi-n50", "fastapi-n100"]
 
 
 def test_ladder_table_is_steps_in_ladder_order_by_concurrency():
-    from fixtures.report import ladder_table
+    from fixtures.track.report import ladder_table
 
     def bench(step, concurrency, rps, valid=True):
         return {"extra_info": {"server": {"name": f"cpu-{step}"}, "concurrency": concurrency, "rps": rps,
@@ -60,7 +60,9 @@ def test_ladder_table_is_steps_in_ladder_order_by_concurrency():
                                "latency_p99_ms": 100.0, "server_cpu_cores": 1.5, "cpu_util_pct": 80.0}}
 
     run = {"benchmarks": [bench("bf16", 8, 165.0), bench("baseline", 8, 58.6), bench("baseline", 1, 58.0, valid=False),
-                          bench("bf16", 1, 39.7), {"extra_info": {"tokens_per_s": 20.0}}]}
+                          bench("bf16", 1, 39.7), {"extra_info": {"tokens_per_s": 20.0}}],
+           "machine_info": {"ladders": {"cpu": ["cpu-baseline", "cpu-batch", "cpu-bf16"]}}}
+    assert ladder_table({"benchmarks": run["benchmarks"]}, "cpu") == ""  # saved before runs recorded their ladder
     lines = ladder_table(run, "cpu").splitlines()
     assert lines[0].startswith("| step | c=1 req/s (api/direct) | c=8 req/s (api/direct) | c=8 p99 ms")
     assert lines[2].startswith("| baseline | 58.0 (0.50) | 58.6 (0.50) | 100 | 1.50 | 80 |")
@@ -70,7 +72,7 @@ def test_ladder_table_is_steps_in_ladder_order_by_concurrency():
 
 
 def test_the_floors_table_counts_floored_figures_per_class():
-    from fixtures.report import floors_table
+    from fixtures.track.report import floors_table
 
     table = floors_table({"cpu/X/2c/amx": {"measured": "2026-11-23", "a": {"min_rps": 10.0, "min_api_over_direct": 0.5},
                                            "b": {"min_rps": 20.0}}})
@@ -79,7 +81,7 @@ def test_the_floors_table_counts_floored_figures_per_class():
 
 
 def test_the_compared_table_puts_each_figure_beside_its_ceiling_at_its_concurrency():
-    from fixtures.report import compared_table
+    from fixtures.track.report import compared_table
 
     run = {"benchmarks": [bench("cpu-batch_workers-c1", rps=33.5, concurrency=1, direct_rps=54.0, direct_workers=1,
                                 direct_batch_size=1, direct_assumes="1 worker(s) x batches of 1", api_over_direct=0.62,
@@ -93,13 +95,13 @@ def test_the_compared_table_puts_each_figure_beside_its_ceiling_at_its_concurren
 
 
 def test_the_summary_page_says_what_a_reviewer_needs_in_a_minute(tmp_path):
-    from fixtures.changepoints import ChangePoint
-    from fixtures.report import summary_for_storage, summary_page
+    from fixtures.track.changepoints import ChangePoint
+    from fixtures.track.report import summary_for_storage, summary_page
 
     run = json.loads(json.dumps(RUN))
     run["benchmarks"][0]["extra_info"]["server"] = {"name": "cpu-batch_workers"}  # the ladder's batch_workers step
     run["machine_info"].update(
-        machine_class={"cpu": "cpu/Xeon/2c/amx"},
+        machine_class={"cpu": "cpu/Xeon/2c/amx"}, ladders={"cpu": ["cpu-baseline", "cpu-batch_workers"]},
         floor_results={"cpu-batched-c8": "held", "cpu-llm_eager_bf16": ["cpu-llm_eager_bf16: tokens_per_s measured 9 < floor 12"],
                        "cpu-new-c1": "no floor for cpu/Xeon/2c/amx"},
         relations=[{"name": "batching beats baseline", "status": "held", "message": "2.1x"},

@@ -1,12 +1,12 @@
-"""Per-request records (fixtures/request_log.py): what each request did, written beside the saved run, read
+"""Per-request records (fixtures/drive/request_log.py): what each request did, written beside the saved run, read
 back, and drawn as a timeline."""
 
 import json
 
-from fixtures.load import HTTP_ERROR, LoadRun, RequestResult
-from fixtures.plots import plot_timeline
-from fixtures.request_log import read_request_log, request_rows, stream_rows, write_request_log
-from fixtures.stream import StreamResult
+from fixtures.drive.load import HTTP_ERROR, LoadRun, RequestResult
+from fixtures.drive.request_log import read_request_log, request_rows, stream_rows, write_request_log
+from fixtures.drive.stream import StreamResult
+from fixtures.track.plots import plot_timeline
 
 
 def test_rows_hold_send_time_schedule_latency_status_and_bytes_per_round():

@@ -3,29 +3,29 @@
 import pytest
 import torch
 
-from fixtures import roofline
-from fixtures.ceilings import DeviceCeilings, time_per_call
-from fixtures.floors import Floor, check_floor, find_floor, load_floors
-from fixtures.peaks import GPU_PEAKS, UnknownGPU, lookup_gpu
+from fixtures.measure import model_counts, roofline
+from fixtures.measure.device_peaks import DeviceCeilings, time_per_call
+from fixtures.measure.gpu_datasheets import GPU_PEAKS, UnknownGPU, lookup_gpu
+from fixtures.record.floors import Floor, check_floor, find_floor, load_floors
 
 
 def test_flops_of_a_linear_layer_match_the_hand_count():
     layer = torch.nn.Linear(8, 4, bias=False)
     # batch 3: 3 x 4 outputs, each 8 multiply-adds = 2 FLOPs each -> 192 FLOPs, 64 per sample
-    assert roofline.flops_per_sample(layer, torch.zeros(3, 8)) == 2 * 8 * 4
+    assert model_counts.flops_per_sample(layer, torch.zeros(3, 8)) == 2 * 8 * 4
 
 
 def test_flops_of_a_conv_layer_match_the_hand_count():
     conv = torch.nn.Conv2d(3, 16, kernel_size=3, bias=False)
     # 10x10 input, no padding -> 8x8 outputs per channel; each output: 3*3*3 multiply-adds
     expected = 2 * 16 * 8 * 8 * 3 * 3 * 3
-    assert roofline.flops_per_sample(conv, torch.zeros(2, 3, 10, 10)) == expected
+    assert model_counts.flops_per_sample(conv, torch.zeros(2, 3, 10, 10)) == expected
 
 
 def test_parameter_bytes_follow_precision():
     layer = torch.nn.Linear(10, 10)  # 110 parameters
-    assert roofline.parameter_bytes(layer) == 110 * 4
-    assert roofline.parameter_bytes(layer.to(torch.bfloat16)) == 110 * 2
+    assert model_counts.parameter_bytes(layer) == 110 * 4
+    assert model_counts.parameter_bytes(layer.to(torch.bfloat16)) == 110 * 2
 
 
 def test_rooflines_and_ratios():
@@ -63,7 +63,7 @@ def test_flops_split_by_kernel_family():
     import torch
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))
-    split = roofline.flops_by_kernel(model, torch.zeros(2, 3, 8, 8))
+    split = model_counts.flops_by_kernel(model, torch.zeros(2, 3, 8, 8))
     assert split["conv"] == 2 * 8 * 3 * 9 * 36 and split["matmul"] == 2 * 8 * 36 * 10
 
 
@@ -156,7 +156,7 @@ def test_a10g_compute_peaks_are_unknown_not_borrowed_from_the_a10():
 
 
 def test_a_peak_is_the_best_of_its_repeats():
-    from fixtures.ceilings import best_time_per_call
+    from fixtures.measure.device_peaks import best_time_per_call
 
     durations = iter([0.0, 0.0, 0.0, 0.05, 0.0, 0.01, 0.0, 0.03])  # warm-ups and timed calls
 
@@ -169,7 +169,7 @@ def test_a_peak_is_the_best_of_its_repeats():
 
 
 def test_the_direct_ceiling_is_measured_at_the_batches_each_concurrency_can_form():
-    from fixtures.ceilings import ceiling_batch_sizes
+    from fixtures.measure.ceilings import ceiling_batch_sizes
 
     assert ceiling_batch_sizes((1, 8), 4, 1) == [1, 4]  # maxbatch_4: max_batch_size itself
     assert ceiling_batch_sizes((1, 8), 16, 1) == [1, 8]  # 8 clients never fill a batch of 16
@@ -181,7 +181,7 @@ def test_the_direct_ceiling_is_measured_at_the_batches_each_concurrency_can_form
 def test_at_one_client_the_ceiling_is_one_worker_at_batch_one():
     """The ceiling took the best batch x workers for every concurrency: at c=1 a batch-8, two-worker 'direct'
     that no single client can ever see (a 2-core AMD EPYC: 0.050 api/direct against 334 req/s)."""
-    from fixtures.ceilings import direct_ceiling_at, formable_batches
+    from fixtures.measure.ceilings import direct_ceiling_at, formable_batches
 
     by_batch = {1: 40.0, 4: 100.0, 8: 160.0}
     assert formable_batches(1, 8, 2) == [(1, 1)]
@@ -195,11 +195,11 @@ def test_at_one_client_the_ceiling_is_one_worker_at_batch_one():
 
 
 def test_decode_bytes_come_from_the_served_model_s_raw_facts():
-    """The LLM worker used to import the harness (fixtures.roofline) to compute bytes per token; it now
+    """The LLM worker used to import the harness (fixtures.measure.roofline) to compute bytes per token; it now
     reports raw facts and the harness computes the roofline from them."""
     import transformers
 
-    from fixtures.roofline import decode_bytes_per_token
+    from fixtures.measure.roofline import decode_bytes_per_token
     from servers.llm_models import model_facts
 
     config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -218,7 +218,7 @@ def test_decode_bytes_come_from_the_served_model_s_raw_facts():
 
 class TwoLinears:
     """A LitAPI-shaped class (setup, decode_request, batch, predict, unbatch, encode_response) holding its torch
-    module as self.net, for fixtures.ceilings.code_ceilings: imported by name as a user's class would be."""
+    module as self.net, for fixtures.measure.ceilings.code_ceilings: imported by name as a user's class would be."""
 
     def __init__(self, max_batch_size=1, batch_timeout=0.0):
         self.max_batch_size = max_batch_size
@@ -243,9 +243,9 @@ class TwoLinears:
 
 
 def _code_ceilings(torch_module, monkeypatch):
-    from fixtures import ceilings
-    from fixtures.ceilings import code_ceilings
     from fixtures.litapi import LitAPIBenchmark, LitAPICase, Serving
+    from fixtures.measure import ceilings
+    from fixtures.measure.ceilings import code_ceilings
 
     # The arithmetic, not the probes: peaks of 1e11 FLOP/s per family and 2e10 B/s (measuring them takes a minute).
     known = DeviceCeilings("cpu", "test", 1, {"fp32": 1e11, "bf16": 1e11}, 2e10, None, "cpu: test", {"fp32": 1e11, "bf16": 1e11})

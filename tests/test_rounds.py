@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from fixtures.metrics import untrusted_reason
-from fixtures.rounds import RoundPolicy, ci95_half_width_rel, run_until_stable, stability
-from fixtures.server import REPO_ROOT
+from fixtures.drive.server import REPO_ROOT
+from fixtures.measure.rounds import RoundPolicy, ci95_half_width_rel, run_until_stable, stability
+from fixtures.measure.verdicts import untrusted_reason
 
 
 def run(figures, policy):
@@ -45,7 +45,7 @@ def test_stability_and_confidence_interval_maths():
 
 
 ROUNDS_TEST = '''
-from fixtures.rounds import record_rounds
+from fixtures.measure.rounds import record_rounds
 
 def test_rounds(benchmark):
     record_rounds(benchmark, [0.5, 0.25, 0.75])

@@ -12,9 +12,9 @@ import urllib.request
 import psutil
 import pytest
 
-import fixtures.server as server_module
-from fixtures.server import REPO_ROOT, ServerStartError, start_server
-from fixtures.variants import ServerSpec
+import fixtures.drive.server as server_module
+from fixtures.drive.server import REPO_ROOT, ServerStartError, start_server
+from fixtures.drive.spec import ServerSpec
 
 NOOP = ServerSpec(name="noop", module="servers.noop", options=(("workers-per-device", 2),), startup_timeout_s=60)
 
@@ -72,8 +72,8 @@ def test_sigterm_to_the_main_process_alone_stops_every_worker(tmp_path):
 HELPER = """
 import json, sys
 from pathlib import Path
-from fixtures.server import start_server
-from fixtures.variants import ServerSpec
+from fixtures.drive.server import start_server
+from fixtures.drive.spec import ServerSpec
 server = start_server(ServerSpec(name="orphan-check", module="servers.noop", options=(("workers-per-device", 2),)), Path(sys.argv[1]))
 print(json.dumps(sorted(server.alive_pids())), flush=True)
 sys.stdin.read()  # wait to be killed
@@ -194,7 +194,7 @@ def test_spec_is_hashable_and_renders_its_command_line():
 def test_a_server_dying_mid_load_gives_errors_and_its_exit_not_a_hang(tmp_path):
     import threading
 
-    from fixtures.load import run_closed_loop
+    from fixtures.drive.load import run_closed_loop
 
     server = start_server(NOOP, tmp_path)
     try:
@@ -219,7 +219,7 @@ def test_teardown_never_signals_a_recycled_pid(tmp_path):
     ended would have been SIGKILLed. Processes are remembered with their create time (psutil)."""
     import psutil
 
-    from fixtures.server import RunningServer
+    from fixtures.drive.server import RunningServer
 
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     server_main = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)

@@ -1,4 +1,4 @@
-"""The history store in git (fixtures/store.py), against a local bare repository as the remote: racing
+"""The history store in git (fixtures/track/store.py), against a local bare repository as the remote: racing
 publishers lose no run, a re-run is another sample of its commit, a crashed session and a pull request publish
 nothing, and a pull on a fresh clone reproduces the change points the publisher saw."""
 
@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from fixtures.changepoints import change_points, per_commit
-from fixtures.history import load_history, series
-from fixtures.store import StoreError, main as store_main, publish, pull, run_path_in_store, session_record, store_run_files
+from fixtures.track.changepoints import change_points, per_commit
+from fixtures.track.history import load_history, series
+from fixtures.track.store import StoreError, main as store_main, publish, pull, run_path_in_store, session_record, store_run_files
 from tests.test_changepoints import STEP_AT, COMMITS, write_runs
 from tests.test_history import real_run  # noqa: F401  (the fixture: a real saved run)
 
@@ -114,7 +114,7 @@ def test_pull_on_a_fresh_clone_reproduces_the_change_points_the_publisher_saw(tm
 
 def test_the_checkouts_included_auth_header_reaches_the_scratch_repositories(tmp_path):
     # actions/checkout@v6 writes the token to a file outside the repository, included by includeIf.gitdir.
-    from fixtures.store import credentials_of
+    from fixtures.track.store import credentials_of
 
     repo = tmp_path / "checkout"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)

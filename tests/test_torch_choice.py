@@ -2,7 +2,7 @@
 
 import pytest
 
-from fixtures.torch_choice import choose_torch, cuda_of_torch_version, torchvision_for
+from fixtures.setup.torch_choice import choose_torch, cuda_of_torch_version, torchvision_for
 
 
 def test_a_cpu_machine_gets_the_pinned_pair():

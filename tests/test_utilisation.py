@@ -1,6 +1,6 @@
 import time
 
-from fixtures.utilisation import UtilisationSampler
+from fixtures.measure.utilisation import UtilisationSampler
 
 
 def busy(seconds):

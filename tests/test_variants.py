@@ -4,7 +4,8 @@ step past batch_workers changes exactly one thing, and real-model variants keep 
 import pytest
 
 from servers import classifier
-from fixtures.variants import CLASSIFIER_TIERS, classifier_args, classifier_specs, classifier_variants, with_pretrained
+from fixtures.drive.spec import classifier_args
+from fixtures.variants import CLASSIFIER_TIERS, classifier_specs, classifier_variants, with_pretrained
 
 
 def parsed(spec):
@@ -62,7 +63,7 @@ def test_a_round_is_several_waves_of_the_concurrent_clients():
 def test_the_cpu_peaks_cover_every_precision_the_cpu_tier_serves():
     """The CPU peaks probe fp32 and bf16 only (fp16's emulated probes were slow and no CPU step serves it): a CPU
     step or recipe in another precision would get no compute roofline, so adding one must add its probe."""
-    from fixtures.ceilings import CPU_PEAK_DTYPES
+    from fixtures.measure.device_peaks import CPU_PEAK_DTYPES
     from fixtures.variants import llm_variants
     from servers.llm_models import RECIPES
 

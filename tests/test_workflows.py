@@ -24,7 +24,7 @@ def test_the_gpu_workflow_gates_on_the_doctor_and_runs_its_gpu_jobs_one_after_an
     assert all(isinstance(job["timeout-minutes"], int) for job in jobs.values())
     doctor_runs = " ".join(step.get("run", "") for step in jobs["doctor"]["steps"])
     assert "nvidia-smi" in doctor_runs and "torch.cuda.is_available()" in doctor_runs
-    assert "fixtures.doctor --require-gpu" in doctor_runs
+    assert "fixtures.setup.doctor --require-gpu" in doctor_runs
 
 
 def test_each_gpu_cache_is_saved_by_the_job_that_fills_it_and_keyed_by_the_lock():
@@ -56,7 +56,7 @@ def test_the_cpu_workflow_runs_the_readme_test_command():
 def test_both_workflows_write_the_summary_page():
     for name, job in (("cpu.yml", "test"), ("gpu-bench.yml", "classifier"), ("gpu-bench.yml", "llm")):
         steps = yaml.safe_load((WORKFLOWS / name).read_text())["jobs"][job]["steps"]
-        summary = [step for step in steps if "fixtures.report --summary" in step.get("run", "")]
+        summary = [step for step in steps if "fixtures.track.report --summary" in step.get("run", "")]
         assert summary and "$GITHUB_STEP_SUMMARY" in summary[0]["run"] and summary[0]["if"] == "always()", (name, job)
 
 
@@ -115,7 +115,7 @@ def test_every_cpu_job_gates_something_and_the_main_job_publishes():
     runs = _runs(bench)
     measure = runs[_index(runs, "pytest tests/bench")]
     assert "--benchmark-autosave" in measure and "--benchmark-disable" not in measure and "--no-floors" in measure
-    assert _index(runs, "fixtures.store pull") < _index(runs, "pytest tests/bench") < _index(runs, "fixtures.store publish")
+    assert _index(runs, "fixtures.track.store pull") < _index(runs, "pytest tests/bench") < _index(runs, "fixtures.track.store publish")
     assert any("$GITHUB_STEP_SUMMARY" in run for run in _runs(ab)) and any("$GITHUB_STEP_SUMMARY" in run for run in runs)
     assert "make test" in _runs(jobs["test"])  # .ci/run's command still runs on every push and pull request
 
@@ -124,9 +124,9 @@ def test_the_gpu_benchmark_jobs_pull_the_store_before_and_publish_after():
     jobs = yaml.safe_load((WORKFLOWS / "gpu-bench.yml").read_text())["jobs"]
     for name in ("classifier", "llm"):
         runs = _runs(jobs[name])
-        pull, measure, publish = (_index(runs, "fixtures.store pull"), _index(runs, "pytest tests/bench"),
-                                  _index(runs, "fixtures.store publish"))
-        assert pull < measure < publish < _index(runs, "fixtures.regression --fail"), name
+        pull, measure, publish = (_index(runs, "fixtures.track.store pull"), _index(runs, "pytest tests/bench"),
+                                  _index(runs, "fixtures.track.store publish"))
+        assert pull < measure < publish < _index(runs, "fixtures.track.regression --fail"), name
         assert "--machine-id" in runs[publish], name
         uses = [step.get("with", {}).get("path", "") for step in jobs[name]["steps"] if "cache" in step.get("uses", "")]
         assert not any(".benchmarks" in path for path in uses), f"{name}: saved runs still kept in a cache GitHub evicts"

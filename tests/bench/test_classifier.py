@@ -2,9 +2,9 @@
 
 A round is one closed-loop load run of a fixed request count, so pytest-benchmark's time per round
 is the inverse of throughput and `--benchmark-compare-fail=median:10%` means what users expect. Rounds
-repeat until the last few agree (fixtures/rounds.py); every answer is checked (fixtures/answers.py).
+repeat until the last few agree (fixtures/measure/rounds.py); every answer is checked (fixtures/drive/answers.py).
 The benchmark is every closed-loop server's (fixtures/closed_loop.py); what is particular to the classifier is
-its case there (fixtures.closed_loop.ClassifierCase). The record (fixtures.records.classifier_record; every key in fixtures/figures.py) holds req/s and
+its case there (fixtures.closed_loop.ClassifierCase). The record (fixtures.record.records.classifier_record; every key in fixtures/record/figures.py) holds req/s and
 latency, what produced them, the ceilings (the direct model at the batches this concurrency can form,
 compute roofline, memory roofline), the efficiency ratios, the batch sizes the server actually ran and
 its memory; then the floors are asserted.
@@ -27,7 +27,7 @@ def _cases():
                 yield pytest.param(tier, spec, concurrency, marks=marks + smoke, id=case_id)
 
 
-# scope="session": one server per spec across its concurrency levels (fixtures/ordering.py).
+# scope="session": one server per spec across its concurrency levels (fixtures/drive/ordering.py).
 @pytest.mark.benchmark(group="classifier")
 @pytest.mark.parametrize("tier, server, concurrency", list(_cases()), indirect=["server"], scope="session")
 def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_ceiling, floor_failures, machine_class,

@@ -2,7 +2,7 @@
 a time: test_llm_decode, the seeds' question) and under a closed loop of several users (test_llm_concurrency).
 
 A round is a fixed number of requests of exactly N new tokens each (at c users, c of them at once), so
-pytest-benchmark's time per round is the inverse of tokens/s. The record (fixtures.records.llm_record) holds the
+pytest-benchmark's time per round is the inverse of tokens/s. The record (fixtures.record.records.llm_record) holds the
 client-side stream metrics (TTFT, inter-token latency, time per output token, end-to-end: p50/p90/p99), goodput at
 the tier's TTFT and TPOT objectives, the server's in-process direct tokens/s, the decode rooflines at the batch
 the concurrency can form (bytes per step over memory bandwidth, FLOPs per token over peak compute; measured and
@@ -15,16 +15,16 @@ import json
 
 import pytest
 
-from fixtures.answers import checked_llm_client
 from fixtures.closed_loop import end_benchmark
-from fixtures.gpu import ThrottleSampler
-from fixtures.metrics import batch_size_delta
-from fixtures.records import llm_record
-from fixtures.request_log import stream_rows
-from fixtures.rounds import RoundPolicy, record_rounds, run_until_stable
-from fixtures.server import SERVER_LOG_DIR
-from fixtures.stream import summarize_streams
-from fixtures.utilisation import UtilisationSampler
+from fixtures.drive.answers import checked_llm_client
+from fixtures.drive.request_log import stream_rows
+from fixtures.drive.server import SERVER_LOG_DIR
+from fixtures.measure.batches import batch_size_delta
+from fixtures.measure.gpu import ThrottleSampler
+from fixtures.measure.rounds import RoundPolicy, record_rounds, run_until_stable
+from fixtures.measure.stream_metrics import summarize_streams
+from fixtures.measure.utilisation import UtilisationSampler
+from fixtures.record.records import llm_record
 from fixtures.variants import LLM_TIERS, gpu_smoke_ids, llm_variants
 from servers.llm import PADDING_PATH
 from servers.llm_models import RECIPES
@@ -98,7 +98,7 @@ def llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_clas
 
 
 # device_peaks comes before server in the signatures: measured before any server starts. scope="session": one
-# server per recipe across both tests (fixtures/ordering.py).
+# server per recipe across both tests (fixtures/drive/ordering.py).
 @pytest.mark.benchmark(group="llm")
 @pytest.mark.parametrize("tier, server, concurrency", list(_cases(sweep=False)), indirect=["server"], scope="session")
 def test_llm_decode(request, benchmark, device_peaks, floor_failures, machine_class, save_record, tier, server, concurrency):

@@ -1,18 +1,19 @@
 """Load beyond a closed loop (MLPerf's Server scenario, vLLM's serving benchmark): open-loop Poisson
 arrivals timed from their schedule, goodput against a latency SLO, the highest rate meeting the SLO,
 a memory soak below that rate, and seed 004's comparison of a plain FastAPI server with LitServe.
-Every answer is checked (fixtures/answers.py)."""
+Every answer is checked (fixtures/drive/answers.py)."""
 
 import time
 
 import pytest
 
-from fixtures.answers import checked_classifier_client
-from fixtures.load import soak
-from fixtures.knee import Capacity, find_knee, knee_rate_cap, open_loop_p99, probe_capacity
-from fixtures.metrics import error_breakdown, rss_growth_problem
-from fixtures.records import framework_record, knee_record, open_loop_record, soak_record
-from fixtures.request_log import request_rows
+from fixtures.drive.answers import checked_classifier_client
+from fixtures.drive.load import soak
+from fixtures.drive.request_log import request_rows
+from fixtures.measure.knee import Capacity, find_knee, knee_rate_cap, open_loop_p99, probe_capacity
+from fixtures.measure.metrics import error_breakdown
+from fixtures.measure.verdicts import rss_growth_problem
+from fixtures.record.records import framework_record, knee_record, open_loop_record, soak_record
 from fixtures.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_variants, fastapi_comparison_specs
 
 KNEE = pytest.StashKey[dict]()  # spec name -> the rate this session's knee search found, for the soak
@@ -93,7 +94,7 @@ def assert_knee_found(search, policy, name):
 @pytest.mark.parametrize("load, server", list(_knee_cases()), indirect=["server"], scope="session")
 def test_max_rate_at_slo(request, benchmark, harness_ceiling, figures_by_id, save_record, load, server):
     """The highest Poisson rate whose p99 meets the SLO, searched from the spec's measured capacity
-    (fixtures/knee.py). The benchmark's time is the search's, not a figure: max_rate_at_slo in extra_info is."""
+    (fixtures/measure/knee.py). The benchmark's time is the search's, not a figure: max_rate_at_slo in extra_info is."""
     found = []
     with _client(server, load) as client:
         client.closed_loop(16, concurrency=4)  # warm-up

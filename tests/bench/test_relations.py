@@ -1,11 +1,13 @@
-"""Relations between benchmarks of one session (fixtures.relations), asserted on every machine class,
+"""Relations between benchmarks of one session (fixtures.record.relations), asserted on every machine class,
 floors or not. Collected after the other benchmark files, so both sides have run when one is judged."""
 
 import pytest
 
-from fixtures.relations import RELATION_RESULTS, declared_relations, judge
-from servers.runtime import device_type
+from fixtures.expected_relations import declared_relations
+from fixtures.plugin import RELATION_RESULTS
+from fixtures.record.relations import judge
 from fixtures.variants import CLASSIFIER_TIERS
+from servers.runtime import device_type
 
 
 def _cases():
