@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 
 from fixtures.drive.server import REPO_ROOT
+from tests.inner import inner_session_env
 
 COUNT_STARTS = '''
 def pytest_sessionfinish(session):
@@ -20,7 +21,7 @@ def pytest_sessionfinish(session):
 
 def test_two_concurrency_levels_of_one_step_start_exactly_one_server(tmp_path):
     (tmp_path / "count_starts.py").write_text(COUNT_STARTS)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = inner_session_env(tmp_path)
     env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env.get('PYTHONPATH', '')}"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/bench/test_classifier.py", "--benchmark-disable", "-p", "count_starts",

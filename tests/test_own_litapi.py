@@ -3,7 +3,6 @@ written into a copy of this repository, run there by pytest as a subprocess. Als
 fixtures/ or .github/ that a new server would have to join."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from fixtures.drive.server import REPO_ROOT
+from tests.inner import inner_session_env
 
 TINY_SERVER = '''\
 """A two-layer torch MLP over JSON vectors."""
@@ -75,7 +75,7 @@ def _copy_of_this_repository(tmp_path: Path) -> Path:
 
 
 def _pytest(copy: Path, *args, timeout=600):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHONPATH"))}
+    env = inner_session_env(copy.parent, drop=("PYTEST_", "PYTHONPATH"))  # copy: <tmp_path>/repo
     return subprocess.run([sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider"], cwd=copy,
                           capture_output=True, text=True, timeout=timeout, env=env)
 

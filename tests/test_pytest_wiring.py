@@ -12,6 +12,7 @@ import pytest
 
 from fixtures.drive.server import REPO_ROOT
 from fixtures.measure.machine import cuda_available, machine_info, this_machine_class
+from tests.inner import inner_session_env
 
 GPU_TEST = """
 import pytest
@@ -42,7 +43,7 @@ def run_pytest(tmp_path, source, *args):
          "--rootdir", str(tmp_path), "-p", "no:cacheprovider", "-rs", str(test_file), *args],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
         # Not an xdist worker's environment: pytest-benchmark disables itself under xdist.
-        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
+        env=inner_session_env(tmp_path),
     )
 
 

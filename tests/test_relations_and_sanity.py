@@ -1,7 +1,6 @@
 """Checks that hold on every machine: a broken ceiling fails the sanity check, a violated relation fails
 with both figures, and a first run on a machine class without floors passes, checked, with the hint."""
 
-import os
 import re
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from fixtures.measure.ceilings import ClassifierCeilings
 from fixtures.measure.roofline import efficiency
 from fixtures.record.relations import Relation, judge
 from fixtures.record.sanity import ceiling_sanity
+from tests.inner import inner_session_env
 
 
 def ceilings(direct_rps, roofline_rps=400.0) -> ClassifierCeilings:
@@ -95,7 +95,7 @@ def test_a_first_run_on_a_class_without_floors_passes_checked_and_a_floored_one_
          "-k", "cpu-baseline-c8 or cpu-batch_workers-c8", "--benchmark-storage", str(tmp_path / "storage"),
          "--machine-class", FAKE_CLASS, "--floors-file", str(floors)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
+        env=inner_session_env(tmp_path),
     )
     out = result.stdout
     assert result.returncode == 1, out[-3000:]

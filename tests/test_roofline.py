@@ -249,7 +249,7 @@ def _code_ceilings(torch_module, monkeypatch):
 
     # The arithmetic, not the probes: peaks of 1e11 FLOP/s per family and 2e10 B/s (measuring them takes a minute).
     known = DeviceCeilings("cpu", "test", 1, {"fp32": 1e11, "bf16": 1e11}, 2e10, None, "cpu: test", {"fp32": 1e11, "bf16": 1e11})
-    monkeypatch.setattr(ceilings, "device_ceilings", lambda device, threads=None: known)
+    monkeypatch.setattr(ceilings, "device_ceilings", lambda device, threads=None, quick=False: known)
 
     bench = LitAPIBenchmark(api="tests.test_roofline:TwoLinears", payloads=({"x": [1.0] * 6},), check=lambda p, a: None,
                             variants={"batching": Serving(max_batch_size=4)}, torch_module=torch_module)
@@ -271,3 +271,46 @@ def test_a_litapi_naming_no_module_says_it_has_no_roofline(monkeypatch):
     found = _code_ceilings(None, monkeypatch)
     assert found.roofline_rps_measured is None and found.flops_per_sample is None
     assert found.roofline_basis.startswith("no roofline") and found.direct_rps_best > 0
+
+
+def test_a_smoke_pass_probes_the_device_for_a_tenth_of_the_time(monkeypatch):
+    """make test's smoke pass asserts nothing against the peaks: quick=True probes each kernel a tenth as long."""
+    from fixtures.measure import device_peaks
+
+    asked = {}
+
+    def fake_timer(quick):
+        def timed(fn, device, min_time_s, *args, **kwargs):
+            asked.setdefault(quick, []).append(min_time_s)
+            return 1.0
+        return timed
+
+    for quick in (False, True):
+        monkeypatch.setattr(device_peaks, "best_time_per_call", fake_timer(quick))
+        monkeypatch.setattr(device_peaks, "time_per_call", fake_timer(quick))
+        monkeypatch.setattr(device_peaks, "measure_copy_bandwidth",
+                            lambda device, nbytes, min_time_s, quick=quick: asked.setdefault(quick, []).append(min_time_s) or 1.0)
+        device_peaks.device_ceilings.__wrapped__("cpu", 1, quick=quick)
+    assert len(asked[True]) == len(asked[False]) > 0
+    assert all(q == pytest.approx(full / 10) for q, full in zip(asked[True], asked[False]))
+
+
+def test_the_sessions_of_one_functional_test_run_share_one_measurement_of_the_peaks(tmp_path, monkeypatch):
+    """A functional test's inner pytest sessions (tests/inner.py) read the peaks the first one measured; without the
+    cache (every benchmark) each measures its own."""
+    from fixtures.measure import device_peaks
+    from fixtures.measure.inner_session_cache import INNER_SESSION_CACHE_ENV
+
+    measured = []
+    known = DeviceCeilings("cpu", "test", 1, {"fp32": 1e11}, 2e10, None, "cpu: test", {"fp32": 1e11})
+    monkeypatch.setattr(device_peaks, "_measure_device_ceilings", lambda *args: measured.append(args) or known)
+    monkeypatch.delenv(INNER_SESSION_CACHE_ENV, raising=False)
+    device_peaks.device_ceilings.__wrapped__("cpu", 1)
+    device_peaks.device_ceilings.__wrapped__("cpu", 1)
+    assert len(measured) == 2
+    monkeypatch.setenv(INNER_SESSION_CACHE_ENV, str(tmp_path / "cache"))
+    first = device_peaks.device_ceilings.__wrapped__("cpu", 1)
+    again = device_peaks.device_ceilings.__wrapped__("cpu", 1)
+    other = device_peaks.device_ceilings.__wrapped__("cpu", 1, quick=True)
+    assert len(measured) == 4 and first == again == known and other == known  # quick probes are cached apart
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["device_peaks-cpu-1t-quick.json", "device_peaks-cpu-1t.json"]
