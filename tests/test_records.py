@@ -116,6 +116,16 @@ def test_an_llm_record_holds_tokens_per_s_against_the_direct_ceiling_and_the_ban
     assert record["ttft_p50_ms"] == pytest.approx(100.0) and record["valid"]
     # TPOT (1.65 - 0.1) / 31 = 50 ms: every request within TTFT 500 ms and TPOT 60 ms
     assert record["tpot_p50_ms"] == pytest.approx(50.0) and record["goodput_share"] == 1.0
+    assert record["max_new_tokens"] == 32  # the tier's
+
+
+def test_the_smoke_pass_s_short_llm_requests_are_recorded_and_checked_at_their_own_length():
+    from fixtures.drive.answers import checked_llm_client
+
+    record = llm_record_of([[stream(0.0, 0.1, 0.05, 4)] for _ in range(3)], max_new_tokens=4)
+    assert record["max_new_tokens"] == 4 and record["valid"]
+    client = checked_llm_client("http://127.0.0.1:1", llm_variants("cpu")["llm_eager_bf16"], LLM_TIER, max_tokens=4)
+    assert client.body["max_tokens"] == 4 and client.check(4, 4, "length") is None and client.check(32, 32, "length")
 
 
 def test_an_llm_record_under_load_holds_all_users_tokens_against_the_batched_decode_roofline():

@@ -31,6 +31,7 @@ from servers.llm_models import RECIPES
 from servers.runtime import STATS_PATH
 
 ANSWER_CHECK = "one content chunk per usage token, a finish reason, exactly max_tokens under ignore_eos"
+SMOKE_MAX_TOKENS = 4  # a prefill and three decode steps: every path and figure of the benchmark, TPOT included
 
 
 def _cases(sweep: bool):
@@ -60,7 +61,10 @@ def llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_clas
 
     figure = (lambda streams: summarize_streams(streams).tokens_per_s_per_request) if concurrency == 1 else (
         lambda streams: summarize_streams(streams).tokens_per_s_aggregate)
-    with checked_llm_client(server.url, spec, tier) as client:
+    # The smoke pass (make test) asserts no speed: its requests are SMOKE_MAX_TOKENS long, the same path (a prefill,
+    # decode steps, the stream's checks) at a fraction of the decode (a one-at-a-time server queues 8 x 32 tokens at c=8).
+    max_tokens = SMOKE_MAX_TOKENS if benchmark.disabled else tier.max_new_tokens
+    with checked_llm_client(server.url, spec, tier, max_tokens) as client:
         # At one user one request of max_new_tokens: every decode step's shape once, and the keep-alive connection.
         # At c users one wave of c requests of 2 tokens: the c connections the rounds use, a prefill and a decode
         # step at the batch c forms (the server is already warm from one user: one wave of N tokens cost 32-60 s
@@ -83,7 +87,7 @@ def llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_clas
         direct_report=report, peaks=device_peaks[tier.device], throttle=throttle, utilisation=utilisation,
         rss_before=rss_before, rss_after=rss_after, answer_check=ANSWER_CHECK, ready_s=server.ready_after_s,
         concurrency=concurrency, max_batch_size=int(spec.option("max-batch-size", 1)), batches=batches,
-        padding={key: padding_after[key] - padding_before[key] for key in padding_after}),
+        padding={key: padding_after[key] - padding_before[key] for key in padding_after}, max_new_tokens=max_tokens),
         requests=stream_rows(rounds))
 
     failed = [(r.kind, r.status, r.error) for streams in rounds for r in streams if not r.ok][:3]
