@@ -63,3 +63,24 @@ def test_the_figure_s_rounds_are_what_pytest_benchmark_saves(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:]
     stats = json.loads(out.read_text())["benchmarks"][0]["stats"]
     assert stats["rounds"] == 3 and stats["min"] == 0.25 and stats["max"] == 0.75 and stats["median"] == 0.5
+
+
+def test_rounds_are_sized_by_the_rate_a_round_serves_not_by_the_slower_warm_up():
+    """A fast server warmed at a fraction of its rate got rounds far under min_round_s, too short to agree on a
+    busy machine (tests/test_own_litapi.py's MLP: 0.1 s rounds, CV 0.29); a round at the warm-up's size sizes them."""
+    from fixtures.closed_loop import warm_up_and_size_rounds
+    from fixtures.drive.load import LoadRun, RequestResult
+    from fixtures.variants import CLOSED_LOOP_TIERS
+
+    tier, sent = CLOSED_LOOP_TIERS["cpu"], []  # min_round_s 0.5: at 1000 req/s a round is at least 500 requests
+
+    class Client:  # the warm-up runs at 150 req/s, every later run at 1000
+        def closed_loop(self, requests):
+            sent.append(requests)
+            rate = 150.0 if len(sent) == 1 else 1000.0
+            return LoadRun(tuple(RequestResult(True, 200, 0.01) for _ in range(requests)), requests / rate, 8)
+
+    assert warm_up_and_size_rounds(Client(), tier, 8, sizing=True, server_state=lambda: "up") == 500
+    assert sent == [32, 75]  # 4 waves, then a round at the warm-up's size (0.5 s at 150 req/s)
+    sent.clear()
+    assert warm_up_and_size_rounds(Client(), tier, 8, sizing=False, server_state=lambda: "up") == 75  # smoke pass
