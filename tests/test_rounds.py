@@ -80,7 +80,7 @@ def test_rounds_are_sized_by_the_rate_a_round_serves_not_by_the_slower_warm_up()
             rate = 150.0 if len(sent) == 1 else 1000.0
             return LoadRun(tuple(RequestResult(True, 200, 0.01) for _ in range(requests)), requests / rate, 8)
 
-    assert warm_up_and_size_rounds(Client(), tier, 8, sizing=True, server_state=lambda: "up") == 500
+    assert warm_up_and_size_rounds(Client(), tier, 8, sizing=True, all_ok=lambda results, what: None) == 500
     assert sent == [32, 75]  # 4 waves, then a round at the warm-up's size (0.5 s at 150 req/s)
     sent.clear()
-    assert warm_up_and_size_rounds(Client(), tier, 8, sizing=False, server_state=lambda: "up") == 75  # smoke pass
+    assert warm_up_and_size_rounds(Client(), tier, 8, sizing=False, all_ok=lambda results, what: None) == 75  # smoke pass
