@@ -313,4 +313,28 @@ def test_the_sessions_of_one_functional_test_run_share_one_measurement_of_the_pe
     again = device_peaks.device_ceilings.__wrapped__("cpu", 1)
     other = device_peaks.device_ceilings.__wrapped__("cpu", 1, quick=True)
     assert len(measured) == 4 and first == again == known and other == known  # quick probes are cached apart
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["device_peaks-cpu-1t-quick.json", "device_peaks-cpu-1t.json"]
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.json")) == ["device_peaks-cpu-1t-quick.json", "device_peaks-cpu-1t.json"]
+
+
+def test_inner_sessions_side_by_side_measure_once(tmp_path, monkeypatch):
+    """Two sessions asking at once (make test's two xdist workers): one measures, the other waits for its figure."""
+    import threading
+    import time
+
+    from fixtures.measure.inner_session_cache import INNER_SESSION_CACHE_ENV, cached
+
+    monkeypatch.setenv(INNER_SESSION_CACHE_ENV, str(tmp_path / "cache"))
+    measured, got = [], []
+
+    def measure():
+        measured.append(1)
+        time.sleep(0.3)  # long enough for the other thread to ask meanwhile
+        return 42
+
+    threads = [threading.Thread(target=lambda: got.append(cached("peaks", measure, lambda v: v, lambda v: v)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert got == [42, 42] and len(measured) == 1
