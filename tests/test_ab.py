@@ -12,6 +12,8 @@ from fixtures.track.ab_verdict import (BASE, HEAD, compare_launches, interleaved
                                        signed_rank_critical)
 from fixtures.drive.server import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # an A/B of two commits' servers
+
 
 def test_signed_rank_critical_values_are_the_published_table():
     # Two-sided 5% critical values of Wilcoxon's signed-rank T for n = 6..15 (e.g. Siegel, Table G).

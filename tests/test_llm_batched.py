@@ -14,6 +14,8 @@ from servers import llm
 from servers.llm_models import RECIPES, load
 from tests.post import post
 
+pytestmark = pytest.mark.slow  # the real LLM served batched
+
 SHORT = [{"role": "user", "content": "Name a colour."}]
 LONG = [{"role": "user", "content": "Write a short story about a robot who learns to paint, in three sentences."}]
 NEW_TOKENS = 12

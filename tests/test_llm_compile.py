@@ -13,6 +13,8 @@ from fixtures.record.records import compile_problem
 from servers.llm import Generation, compile_counters
 from servers.llm_models import INDUCTOR_SETTINGS, RECIPES
 
+pytestmark = pytest.mark.slow  # torch.compile of the LLM recipes
+
 
 @pytest.fixture(scope="module")
 def tiny_model():

@@ -9,8 +9,12 @@ import subprocess
 import sys
 from collections import Counter
 
+import pytest
+
 from fixtures.drive.server import REPO_ROOT
 from tests.inner import inner_session_env
+
+pytestmark = pytest.mark.slow  # a benchmark session
 
 COUNT_STARTS = '''
 def pytest_sessionfinish(session):
@@ -56,3 +60,32 @@ def test_tests_of_one_spec_run_back_to_back_in_collection_order():
     shuffled = [collected[i] for i in (3, 5, 0, 4, 2, 1)]  # as pytest's own reordering might leave them
     ordered = [item.nodeid for item in one_server_per_spec_order(shuffled)]
     assert ordered == ["a.py::t[a-c1]", "a.py::t[a-c8]", "a.py::t[b-c1]", "a.py::u[b-r1]", "a.py::plain", "b.py::t[a-c1]"]
+
+
+def test_files_of_benchmarks_or_slow_tests_come_first_and_keep_their_order():
+    """make test's workers take whole files in this order (--no-loadscope-reorder): a file of servers or inner sessions
+    taken last would run alone on one worker while the other idles."""
+    from dataclasses import dataclass, field
+
+    from fixtures.drive.ordering import slow_files_first
+
+    @dataclass
+    class Item:
+        nodeid: str
+        marks: tuple = field(default=())
+
+        def get_closest_marker(self, name):
+            return name if name in self.marks else None
+
+    items = [Item("tests/bench/a.py::t[x]", ("benchmark",)), Item("tests/test_fast.py::one"),
+             Item("tests/test_slow.py::one", ("slow",)), Item("tests/test_fast.py::two"), Item("tests/test_slow.py::two", ("slow",)),
+             Item("tests/test_zz.py::one")]
+    assert [item.nodeid for item in slow_files_first(items)] == [
+        "tests/bench/a.py::t[x]", "tests/test_slow.py::one", "tests/test_slow.py::two", "tests/test_fast.py::one",
+        "tests/test_fast.py::two", "tests/test_zz.py::one"]
+
+
+def test_make_test_hands_out_files_in_the_order_collected():
+    """xdist would otherwise hand out files by their number of tests, most first (its --loadscope-reorder)."""
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "--dist loadfile --no-loadscope-reorder" in makefile

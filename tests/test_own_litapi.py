@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from fixtures.drive.server import REPO_ROOT
 from tests.inner import inner_session_env
+
+pytestmark = pytest.mark.slow  # a real benchmark session in a copy of the repository
 
 TINY_SERVER = '''\
 """A two-layer torch MLP over JSON vectors."""

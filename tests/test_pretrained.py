@@ -19,6 +19,8 @@ from fixtures.variants import CLASSIFIER_TIERS, classifier_variants, with_pretra
 from servers.pretrained import CAT_CLASSES, DOG_CLASSES, imagenet_labels, mnist_split
 from tests.post import post
 
+pytestmark = pytest.mark.slow  # real models served by ten servers
+
 # The 20 samples: efficientnet-lite0 fp32 got 18 right here (two "609" jeeps read as other cars); the
 # bound leaves one more miss for a numerically different device or precision.
 MIN_IMAGENET_TOP1 = 0.8

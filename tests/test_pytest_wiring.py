@@ -14,6 +14,8 @@ from fixtures.drive.server import REPO_ROOT
 from fixtures.measure.machine import cuda_available, machine_info, this_machine_class
 from tests.inner import inner_session_env
 
+pytestmark = pytest.mark.slow  # inner pytest sessions
+
 GPU_TEST = """
 import pytest
 
@@ -195,3 +197,14 @@ def test_a_saving_session_writes_per_request_records_and_refuses_undeclared_figu
     records = storage / bench["extra_info"]["requests_file"]
     assert records.parent.parent.name == "requests" and records.name == "cpu-demo-c1.jsonl.gz"
     assert len(gzip.decompress(records.read_bytes()).decode().splitlines()) == 3
+
+
+def test_a_session_under_xdist_is_a_smoke_pass_and_judges_no_relation(tmp_path):
+    """pytest-benchmark times nothing under xdist (make test runs the benchmarks that way): such a session is a smoke
+    pass like --benchmark-disable, so a relation is skipped as one, not judged on one short round."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/bench/test_relations.py", "-n", "1", "-p", "no:cacheprovider", "-rs",
+         "-k", "cpu-batch_workers-c8-vs-cpu-baseline-c8"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, env=inner_session_env(tmp_path))
+    assert result.returncode == 0 and "1 skipped" in result.stdout, result.stdout[-2000:]
+    assert "smoke pass (nothing timed)" in result.stdout, result.stdout[-2000:]

@@ -15,6 +15,8 @@ from fixtures.record.relations import Relation, judge
 from fixtures.record.sanity import ceiling_sanity
 from tests.inner import inner_session_env
 
+pytestmark = pytest.mark.slow  # a real benchmark session
+
 
 def ceilings(direct_rps, roofline_rps=400.0) -> ClassifierCeilings:
     return ClassifierCeilings(

@@ -80,7 +80,9 @@ def test_rounds_are_sized_by_the_rate_a_round_serves_not_by_the_slower_warm_up()
             rate = 150.0 if len(sent) == 1 else 1000.0
             return LoadRun(tuple(RequestResult(True, 200, 0.01) for _ in range(requests)), requests / rate, 8)
 
-    assert warm_up_and_size_rounds(Client(), tier, 8, sizing=True, all_ok=lambda results, what: None) == 500
+    assert warm_up_and_size_rounds(Client(), tier, 8, smoke=False, all_ok=lambda results, what: None) == 500
     assert sent == [32, 75]  # 4 waves, then a round at the warm-up's size (0.5 s at 150 req/s)
     sent.clear()
-    assert warm_up_and_size_rounds(Client(), tier, 8, sizing=False, all_ok=lambda results, what: None) == 75  # smoke pass
+    # A smoke pass: the warm-up, then one round of its size (every connection and batch shape again).
+    assert warm_up_and_size_rounds(Client(), tier, 8, smoke=True, all_ok=lambda results, what: None) == 32
+    assert sent == [32]

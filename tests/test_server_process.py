@@ -16,6 +16,8 @@ import fixtures.drive.server as server_module
 from fixtures.drive.server import REPO_ROOT, ServerStartError, start_server
 from fixtures.drive.spec import ServerSpec
 
+pytestmark = pytest.mark.slow  # servers started, killed and waited for
+
 NOOP = ServerSpec(name="noop", module="servers.noop", options=(("workers-per-device", 2),), startup_timeout_s=60)
 
 

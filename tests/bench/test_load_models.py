@@ -4,14 +4,13 @@ a memory soak below that rate, and seed 004's comparison of a plain FastAPI serv
 Every answer is checked (fixtures/drive/answers.py)."""
 
 import time
-from dataclasses import replace
 
 import pytest
 
 from fixtures.drive.answers import checked_classifier_client
 from fixtures.drive.load import soak
 from fixtures.drive.request_log import request_rows
-from fixtures.measure.knee import Capacity, find_knee, knee_rate_cap, open_loop_p99, probe_capacity
+from fixtures.measure.knee import Capacity, bracket_only, find_knee, knee_rate_cap, open_loop_p99, probe_capacity
 from fixtures.measure.metrics import error_breakdown
 from fixtures.measure.verdicts import rss_growth_problem
 from fixtures.record.records import framework_record, knee_record, open_loop_record, soak_record
@@ -76,9 +75,8 @@ def _knee_cases():
 
 
 def knee_policy(load, smoke: bool):
-    """The tier's knee policy; the smoke pass (make test, nothing judged by speed) stops once the knee is bracketed:
-    the same probes and bracket, without the bisections that only narrow it."""
-    return replace(load.knee, bisect_steps=0) if smoke else load.knee
+    """The tier's knee policy; a smoke pass stops once the knee is bracketed (fixtures.measure.knee.bracket_only)."""
+    return bracket_only(load.knee) if smoke else load.knee
 
 
 def _search(client, capacity, load, harness_ceiling, policy):

@@ -4,6 +4,7 @@ floors or not. Collected after the other benchmark files, so both sides have run
 import pytest
 
 from fixtures.expected_relations import declared_relations
+from fixtures.measure.rounds import smoke_pass
 from fixtures.plugin import RELATION_RESULTS
 from fixtures.record.relations import judge
 from fixtures.variants import CLASSIFIER_TIERS
@@ -19,8 +20,8 @@ def _cases():
 
 @pytest.mark.parametrize("relation", list(_cases()))
 def test_relation(request, relation, figures_by_id, machine_class):
-    if request.config.getoption("benchmark_disable"):
-        pytest.skip("smoke pass (--benchmark-disable): one unwarmed round is not enough to compare speed")
+    if smoke_pass(request.config):
+        pytest.skip("smoke pass (nothing timed): one short round is not enough to compare speed")
     tier = relation.better.split("-", 1)[0]
     result = judge(relation, figures_by_id, machine_class(device_type(CLASSIFIER_TIERS[tier].device)))
     request.config.stash.setdefault(RELATION_RESULTS, []).append(result)
