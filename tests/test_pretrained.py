@@ -15,7 +15,7 @@ import pytest
 
 from fixtures.drive.images import file_body, missing_images, real_images
 from fixtures.drive.spec import ServerSpec
-from fixtures.variants import CLASSIFIER_TIERS, classifier_variants, with_pretrained
+from fixtures.variants import CLASSIFIER_TIERS, batch_number_steps, classifier_variants, with_pretrained
 from servers.pretrained import CAT_CLASSES, DOG_CLASSES, imagenet_labels, mnist_split
 from tests.post import post
 
@@ -175,33 +175,23 @@ def test_the_top1_rule_allows_near_ties_under_reduced_precision_only():
     assert effective_precision("fp32", "cpu", cudnn_allow_tf32=True) == "fp32"
 
 
-NUMBERS_ONLY = ("batch-timeout", "max-batch-size")
+def steps_with_their_own_path(tier_name: str) -> dict:
+    """The ladder steps whose answers this file must check: every step but those that serve batch_workers' code
+    path with another batch window or size only (fixtures.variants.batch_number_steps); a different window or size
+    batches the same requests through the same code."""
+    repeats = batch_number_steps(tier_name)
+    return {step: spec for step, spec in classifier_variants(tier_name).items() if step not in repeats}
 
 
-def steps_with_their_own_path(steps: dict) -> dict:
-    """The ladder steps whose answers this file must check: every step but those that serve batch_workers' code path
-    with other numbers only (its batch window or batch size: the timeout_<ms> and maxbatch_<n> steps). Those are
-    started and their answers checked for form by make test's smoke pass; a different window or size batches
-    the same requests through the same code."""
-    reference = dict(steps["batch_workers"].options)
-
-    def numbers_only(spec):
-        options = dict(spec.options)
-        differing = {flag for flag in options.keys() | reference.keys() if options.get(flag) != reference.get(flag)}
-        return options.keys() == reference.keys() and differing and differing <= set(NUMBERS_ONLY)
-
-    return {step: spec for step, spec in steps.items() if not numbers_only(spec)}
-
-
-def test_only_steps_that_change_a_batch_window_or_size_are_left_to_the_smoke_pass():
-    kept = steps_with_their_own_path(classifier_variants("cpu"))
+def test_only_steps_that_change_a_batch_window_or_size_are_left_to_batch_workers():
+    kept = steps_with_their_own_path("cpu")
     assert set(classifier_variants("cpu")) - set(kept) == {"timeout_2", "timeout_50", "maxbatch_4", "maxbatch_16"}
     assert {"baseline", "batch", "batch_workers", "parallel_decode", "fast_queue", "bf16", "amp_bf16"} <= set(kept)
 
 
 def _ladder_cases():
     for tier_name, tier in CLASSIFIER_TIERS.items():
-        steps = steps_with_their_own_path(classifier_variants(tier_name))
+        steps = steps_with_their_own_path(tier_name)
         for step, spec in steps.items():
             marks = ([pytest.mark.gpu] if tier.device == "cuda" else []) + ([pytest.mark.compile] if spec.option("compile") else [])
             yield pytest.param(f"{tier_name}-{step}", with_pretrained(spec, "efficientnet_lite0"), marks=marks,
