@@ -296,8 +296,8 @@ def test_a_smoke_pass_probes_the_device_for_a_tenth_of_the_time(monkeypatch):
 
 
 def test_the_sessions_of_one_functional_test_run_share_one_measurement_of_the_peaks(tmp_path, monkeypatch):
-    """A functional test's inner pytest sessions (tests/inner.py) read the peaks the first one measured; without the
-    cache (every benchmark) each measures its own."""
+    """A functional test's inner pytest sessions (tests/inner.py) read the peaks the first one measured, probed as
+    briefly as a smoke pass probes them; without the cache (every benchmark) each measures its own, in full."""
     from fixtures.measure import device_peaks
     from fixtures.measure.inner_session_cache import INNER_SESSION_CACHE_ENV
 
@@ -307,13 +307,26 @@ def test_the_sessions_of_one_functional_test_run_share_one_measurement_of_the_pe
     monkeypatch.delenv(INNER_SESSION_CACHE_ENV, raising=False)
     device_peaks.device_ceilings.__wrapped__("cpu", 1)
     device_peaks.device_ceilings.__wrapped__("cpu", 1)
-    assert len(measured) == 2
+    assert [quick for _, _, quick in measured] == [False, False]
     monkeypatch.setenv(INNER_SESSION_CACHE_ENV, str(tmp_path / "cache"))
     first = device_peaks.device_ceilings.__wrapped__("cpu", 1)
     again = device_peaks.device_ceilings.__wrapped__("cpu", 1)
-    other = device_peaks.device_ceilings.__wrapped__("cpu", 1, quick=True)
-    assert len(measured) == 4 and first == again == known and other == known  # quick probes are cached apart
-    assert sorted(p.name for p in (tmp_path / "cache").glob("*.json")) == ["device_peaks-cpu-1t-quick.json", "device_peaks-cpu-1t.json"]
+    smoke = device_peaks.device_ceilings.__wrapped__("cpu", 1, quick=True)
+    assert [quick for _, _, quick in measured] == [False, False, True] and first == again == smoke == known
+    assert [p.name for p in (tmp_path / "cache").glob("*.json")] == ["device_peaks-cpu-1t-quick.json"]
+
+
+def test_inner_sessions_probe_the_client_ceiling_with_a_tenth_of_the_requests(tmp_path, monkeypatch):
+    from fixtures.measure import client_ceiling
+    from fixtures.measure.inner_session_cache import INNER_SESSION_CACHE_ENV
+
+    asked = []
+    monkeypatch.setattr(client_ceiling, "_ceilings", lambda server, log_dir, levels, requests: asked.append(requests) or {8: 1.0})
+    monkeypatch.delenv(INNER_SESSION_CACHE_ENV, raising=False)
+    client_ceiling.client_ceiling.__wrapped__(tmp_path, (8,))
+    monkeypatch.setenv(INNER_SESSION_CACHE_ENV, str(tmp_path / "cache"))
+    client_ceiling.client_ceiling.__wrapped__(tmp_path, (8,))
+    assert asked == [client_ceiling.PROBE_REQUESTS] * 2 + [client_ceiling.SHORT_PROBE_REQUESTS] * 2  # bare, then no-op
 
 
 def test_inner_sessions_side_by_side_measure_once(tmp_path, monkeypatch):
