@@ -177,16 +177,16 @@ def test_the_top1_rule_allows_near_ties_under_reduced_precision_only():
 
 def steps_with_their_own_path(tier_name: str) -> dict:
     """The ladder steps whose answers this file must check: every step but those that serve batch_workers' code
-    path with another batch window or size only (fixtures.variants.batch_number_steps); a different window or size
-    batches the same requests through the same code."""
+    path with another batch window, batch size or worker count only (fixtures.variants.batch_number_steps): the
+    same requests batched through the same code."""
     repeats = batch_number_steps(tier_name)
     return {step: spec for step, spec in classifier_variants(tier_name).items() if step not in repeats}
 
 
-def test_only_steps_that_change_a_batch_window_or_size_are_left_to_batch_workers():
+def test_only_steps_that_change_a_batch_number_are_left_to_batch_workers():
     kept = steps_with_their_own_path("cpu")
-    assert set(classifier_variants("cpu")) - set(kept) == {"timeout_2", "timeout_50", "maxbatch_4", "maxbatch_16"}
-    assert {"baseline", "batch", "batch_workers", "parallel_decode", "fast_queue", "bf16", "amp_bf16"} <= set(kept)
+    assert set(classifier_variants("cpu")) - set(kept) == {"batch", "timeout_2", "timeout_50", "maxbatch_4", "maxbatch_16"}
+    assert {"baseline", "batch_workers", "parallel_decode", "fast_queue", "bf16", "amp_bf16"} <= set(kept)
 
 
 def _ladder_cases():

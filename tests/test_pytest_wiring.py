@@ -212,10 +212,10 @@ def test_a_session_under_xdist_is_a_smoke_pass_and_judges_no_relation(tmp_path):
 
 def test_a_smoke_pass_leaves_steps_that_change_only_a_batch_number_to_batch_workers(tmp_path):
     """make test's smoke pass starts no server for timeout_<ms> and maxbatch_<n>: batch_workers' code with another
-    batch window or size (fixtures.variants.batch_number_steps); a timed session still measures them."""
+    batch window, batch size or worker count (fixtures.variants.batch_number_steps); a timed session measures them."""
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/bench/test_classifier.py", "--benchmark-disable", "-p", "no:cacheprovider",
-         "-rs", "-k", "cpu-timeout_2-c1 or cpu-maxbatch_16-c8"],
+         "-rs", "-k", "cpu-timeout_2-c1 or cpu-maxbatch_16-c8 or cpu-batch-c8"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, env=inner_session_env(tmp_path))
-    assert result.returncode == 0 and "2 skipped" in result.stdout, result.stdout[-2000:]
-    assert "serves batch_workers' code with another batch window or size" in result.stdout, result.stdout[-2000:]
+    assert result.returncode == 0 and "3 skipped" in result.stdout, result.stdout[-2000:]
+    assert "serves batch_workers' code with another batch window, batch size or worker count" in result.stdout, result.stdout[-2000:]

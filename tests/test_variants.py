@@ -70,3 +70,12 @@ def test_the_cpu_peaks_cover_every_precision_the_cpu_tier_serves():
     served = {classifier.compute_precision(spec.option("precision")) for spec in classifier_specs("cpu").values()}
     served |= {RECIPES[spec.option("recipe")].precision for spec in llm_variants("cpu").values()}
     assert served <= set(CPU_PEAK_DTYPES), served
+
+
+def test_with_option_replaces_one_value_in_place_and_refuses_an_unknown_flag():
+    spec = classifier_variants("cpu")["batch_workers"]
+    changed = spec.with_option("max-batch-size", 4)
+    assert [flag for flag, _ in changed.options] == [flag for flag, _ in spec.options]
+    assert changed.option("max-batch-size") == 4 and changed.name == spec.name
+    with pytest.raises(KeyError, match="no option 'bench-max-tokens'"):
+        spec.with_option("bench-max-tokens", 4)

@@ -25,13 +25,12 @@ from fixtures.measure.rounds import RoundPolicy, record_rounds, run_until_stable
 from fixtures.measure.stream_metrics import summarize_streams
 from fixtures.measure.utilisation import UtilisationSampler
 from fixtures.record.records import llm_record
-from fixtures.variants import LLM_TIERS, gpu_smoke_ids, llm_variants
+from fixtures.variants import LLM_SMOKE_MAX_TOKENS, LLM_TIERS, gpu_smoke_ids, llm_variants
 from servers.llm import PADDING_PATH
 from servers.llm_models import RECIPES
 from servers.runtime import STATS_PATH
 
 ANSWER_CHECK = "one content chunk per usage token, a finish reason, exactly max_tokens under ignore_eos"
-SMOKE_MAX_TOKENS = 4  # a prefill and three decode steps: every path and figure of the benchmark, TPOT included
 
 
 def _cases(sweep: bool):
@@ -61,9 +60,11 @@ def llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_clas
 
     figure = (lambda streams: summarize_streams(streams).tokens_per_s_per_request) if concurrency == 1 else (
         lambda streams: summarize_streams(streams).tokens_per_s_aggregate)
-    # The smoke pass (make test) asserts no speed: its requests are SMOKE_MAX_TOKENS long, the same path (a prefill,
-    # decode steps, the stream's checks) at a fraction of the decode (a one-at-a-time server queues 8 x 32 tokens at c=8).
-    max_tokens = SMOKE_MAX_TOKENS if benchmark.disabled else tier.max_new_tokens
+    # The smoke pass (make test) asserts no speed: its requests are LLM_SMOKE_MAX_TOKENS long, the same path (a prefill,
+    # decode steps, the stream's checks) at a fraction of the decode (a one-at-a-time server queues 8 x 32 tokens at c=8),
+    # and so was the server's start-up measurement (the plugin's server fixture).
+    max_tokens = LLM_SMOKE_MAX_TOKENS if benchmark.disabled else tier.max_new_tokens
+    assert report["max_new_tokens"] == max_tokens, f"the start-up direct measurement generated {report['max_new_tokens']}"
     with checked_llm_client(server.url, spec, tier, max_tokens) as client:
         # At one user one request of max_new_tokens: every decode step's shape once, and the keep-alive connection.
         # At c users one wave of c requests of 2 tokens: the c connections the rounds use, a prefill and a decode
