@@ -136,3 +136,27 @@ def test_a_client_leaving_mid_stream_does_not_stop_the_server(llm, client):
     answer = client.chat.completions.create(model="smollm2", messages=USER, max_tokens=2)
     assert answer.usage.completion_tokens >= 1
     assert time.monotonic() - started < 60
+
+
+def test_the_gguf_conversion_reads_one_file_once_and_only_with_the_gguf_it_was_written_for(tmp_path, monkeypatch):
+    """servers.llm_models._gguf_read_once: one reader per file and one name map per architecture inside the block,
+    gguf's own functions again after it, and nothing changed under another gguf release."""
+    import gguf
+    from importlib import metadata
+
+    from servers import llm_models
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with llm_models._gguf_read_once():
+        assert gguf.GGUFReader(str(path)) is gguf.GGUFReader(str(path))
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
+    monkeypatch.setattr(metadata, "version", lambda name: "0.20.0")
+    with llm_models._gguf_read_once():
+        assert gguf.GGUFReader(str(path)) is not gguf.GGUFReader(str(path))
