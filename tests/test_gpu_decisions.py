@@ -155,3 +155,24 @@ def test_every_benchmarks_ending_fails_a_gpu_run_whose_nvml_was_not_read_under_r
     read = SimpleNamespace(unavailable_reason=None, available=True)
     end_benchmark(request, SimpleNamespace(disabled=False), {"valid": True, "api_over_direct": 0.5}, **{**kwargs, "throttle": read})
     assert len(floors_looked_at) == 1  # read: on to the floors of the class
+
+
+@pytest.mark.parametrize("smoke", [True, False])
+def test_on_a_gpu_the_smoke_pass_leaves_the_batch_number_steps_to_batch_workers_too(monkeypatch, smoke):
+    """A GPU runner's make test skips gpu-timeout_<ms> and the like as the CPU's does: the session's direct ceilings
+    leave them out, so running one would find no ceiling. A timed session runs them."""
+    from types import SimpleNamespace
+
+    from fixtures import plugin
+    from fixtures.variants import batch_number_steps
+
+    spec = next(iter(batch_number_steps("gpu").values()))
+    item = SimpleNamespace(callspec=SimpleNamespace(params={"server": spec}), config=None,
+                           get_closest_marker=lambda name: object() if name in ("gpu", "benchmark") else None)
+    monkeypatch.setattr(plugin, "_check_gpu", lambda item: None)  # a GPU that passes its checks
+    monkeypatch.setattr(plugin, "smoke_pass", lambda config: smoke)
+    if smoke:
+        with pytest.raises(pytest.skip.Exception, match="serves batch_workers' code"):
+            plugin.pytest_runtest_setup(item)
+    else:
+        plugin.pytest_runtest_setup(item)
