@@ -10,7 +10,7 @@ PYTEST := HF_HUB_OFFLINE=1 $(PY) -m pytest
 # pip install's arguments, installed by uv with this machine's pip settings, else by pip (fixtures/setup/installer.py).
 INSTALL := $(PY) -m fixtures.setup.installer $(PY)
 
-.PHONY: ab calibrate doctor gpu-smoke install lock test test-functional test-compile test-bench-smoke bench bench-gpu compare plots regression clean
+.PHONY: ab calibrate doctor torch-resolves gpu-smoke install lock test test-functional test-compile test-bench-smoke bench bench-gpu compare plots regression clean
 
 $(STAMP): pyproject.toml constraints.txt packages.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -110,8 +110,15 @@ CALIBRATE_MARGIN ?= 0.3
 calibrate: install
 	HF_HUB_OFFLINE=1 $(PY) -m fixtures.record.calibrate --calibrate --runs $(CALIBRATE_RUNS) --margin $(CALIBRATE_MARGIN)
 
-# What a first run on this machine needs, checked in under a minute (PASS/WARN/FAIL; exit 1 on a FAIL).
-doctor: install
+# Whether the torch make install would choose for this driver is on its index, asked of the index before anything
+# is installed (pip's finder reads the index page; no wheel is downloaded); exit 1 naming the fix when it is not.
+torch-resolves:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m fixtures.setup.torch_choice --check
+
+# What a first run on this machine needs, checked in under a minute (PASS/WARN/FAIL; exit 1 on a FAIL); first
+# whether make install can get its torch.
+doctor: torch-resolves install
 	HF_HUB_OFFLINE=1 $(PY) -m fixtures.setup.doctor
 
 # The shortest run touching every GPU path once (one classifier step per precision at one concurrency,
