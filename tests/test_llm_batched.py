@@ -81,6 +81,34 @@ def test_ignore_eos_holds_per_row():
     assert scores[:, 4].tolist() == [float("-inf"), 0.0, float("-inf")] and scores[:, :4].eq(0).all()
 
 
+def test_eos_suppression_is_one_device_op_per_step_and_bars_what_row_indexing_barred():
+    """At 64 users, per-row indexing with a Python list cost 64 index copies to the device per decode step; the
+    suppression is one masked fill per step after the first, with the same scores (so the same greedy tokens)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    rows, eos = [0, 3, 5, 6], [2, 7]
+    scores = torch.randn(8, 11)
+    expected = scores.clone()
+    for row in rows:  # what the processor did before: one indexing per row
+        expected[row, eos] = float("-inf")
+    processor = llm.SuppressTokens(rows, eos)
+    first = processor(None, scores.clone())
+    step = scores.clone()
+    with Ops() as ops:
+        later = processor(None, step)
+    assert torch.equal(first, expected) and torch.equal(later, expected)
+    assert ops.names == ["masked_fill_.Scalar"], ops.names
+
+
 @pytest.fixture(scope="module")
 def batched_server(tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
