@@ -100,13 +100,17 @@ def compile_config(mode: str):
 
 
 def compile_counters() -> dict:
-    """Process-wide compile facts from torch._dynamo's counters: graphs compiled, recompilations, and CUDA
-    graphs inductor skipped (a skipped graph runs without CUDA graphs, slower than its figure claims)."""
+    """Process-wide compile facts from torch._dynamo's counters: graphs compiled, recompilations, CUDA graphs
+    inductor skipped (a skipped graph runs without CUDA graphs, slower than its figure claims), and the non-static
+    inputs of the CUDA graphs recorded (inductor adds each recording's count: it grows whenever a graph is recorded
+    again for new input addresses, up to cudagraph_unexpected_rerecord_limit = 128 re-records that are never
+    counted as skips, each a recording's cost inside the timed region)."""
     from torch._dynamo.utils import counters
 
     return {"graphs_compiled": int(counters["stats"].get("unique_graphs", 0)),
             "recompiles": int(sum(counters["recompiles"].values())),
-            "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0))}
+            "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0)),
+            "cudagraph_recorded_non_static_inputs": int(counters["inductor"].get("cudagraph_recorded_non_static_inputs", 0))}
 
 
 class Generation:

@@ -58,11 +58,29 @@ def test_an_eager_recipe_has_no_cache_to_keep_and_nothing_to_compile(tiny_model)
 
 
 def test_a_run_that_compiled_after_its_warm_up_is_not_trusted():
-    steady = {"mode": "default", "cudagraph_skips": 0, "after_warmup": {"graphs_compiled": 0, "recompiles": 0, "cudagraph_skips": 0}}
+    steady = {"mode": "default", "cudagraph_skips": 0, "after_warmup": {"graphs_compiled": 0, "recompiles": 0, "cudagraph_skips": 0,
+                                                                         "cudagraph_recorded_non_static_inputs": 0}}
     assert compile_problem(None) is None and compile_problem(steady) is None
     late = {**steady, "after_warmup": {**steady["after_warmup"], "recompiles": 2}}
     assert "recompiles" in compile_problem(late)
     assert "CUDA graphs skipped 3" in compile_problem({**steady, "mode": "reduce-overhead", "cudagraph_skips": 3})
+
+
+def test_a_cuda_graph_recorded_again_after_the_warm_up_invalidates_the_run_though_nothing_was_skipped():
+    """Inductor re-records a CUDA graph for new input addresses up to 128 times without counting a skip; its
+    count of recorded non-static inputs is what grows (torch/_inductor/cudagraph_trees.py)."""
+    from torch._dynamo.utils import counters
+
+    from fixtures.record.records import compile_problem
+
+    before = compile_counters()
+    counters["inductor"]["cudagraph_recorded_non_static_inputs"] += 3  # what one recording of 3 such inputs adds
+    after = compile_counters()
+    counters["inductor"]["cudagraph_recorded_non_static_inputs"] -= 3
+    assert after["cudagraph_recorded_non_static_inputs"] - before["cudagraph_recorded_non_static_inputs"] == 3
+    report = {"mode": "reduce-overhead", "cudagraph_skips": 0, **after,
+              "after_warmup": {key: after[key] - before[key] for key in after}}
+    assert "recorded again" in compile_problem(report)
 
 
 SETTINGS_OF_RECIPE = """
