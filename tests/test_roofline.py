@@ -74,6 +74,11 @@ def test_known_gpus_by_nvml_name_and_memory():
     assert lookup_gpu("NVIDIA H200", 140.4).memory_bandwidth_gbs == 4800
     assert lookup_gpu("Tesla T4", 15.0).flops_per_s("tf32") is None  # Turing has no TF32
     assert lookup_gpu("NVIDIA A100-SXM4-80GB", 79.2).memory_bandwidth_gbs == 2039
+    # NVML's names and memory as runners of these boards report them (143771, 146831 and about 97,000 MiB)
+    h200_nvl = lookup_gpu("NVIDIA H200 NVL", 140.4)
+    assert h200_nvl.bf16_tflops == 835.5 and h200_nvl.memory_bandwidth_gbs == 4800
+    assert lookup_gpu("NVIDIA GH200 144G HBM3e", 143.4).memory_bandwidth_gbs == 4900
+    assert lookup_gpu("NVIDIA GH200 480GB", 94.5).memory_bandwidth_gbs == 4000
 
 
 def test_every_peak_entry_names_its_source_and_is_dense():
