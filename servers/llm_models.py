@@ -112,8 +112,13 @@ def torchao_config(name: str, device: str):
         return PrototypeInt4WeightOnlyConfig(group_size=64, set_inductor_config=False)
     if name == "float8dq":
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+        from torchao.quantization.quantize_.common import KernelPreference
 
-        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+        # torch's own kernels (torch._scaled_mm), named: torchao 0.18's default (AUTO) switches to mslk's
+        # kernels on sm90+ wherever the mslk package imports, so a runner with mslk installed system-wide
+        # (seen through --system-site-packages) would have measured other kernels under the same recipe name.
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False,
+                                                         kernel_preference=KernelPreference.TORCH)
     raise KeyError(f"unknown quantization {name!r}")
 
 
@@ -211,7 +216,8 @@ def stored_bytes(tensor) -> int:
 def model_facts(model) -> dict:
     """Raw facts of the served model that the harness turns into a decode roofline (fixtures.measure.roofline):
     what it stores, how its embedding is shared, how many weights its matrix products multiply, and the
-    shape of its KV cache. Facts only: no ceiling is computed in the server."""
+    shape of its KV cache; and the kernels its quantised weights run (quantized_kernels). Facts only: no ceiling
+    is computed in the server."""
     import torch
 
     config = model.config
@@ -236,4 +242,12 @@ def model_facts(model) -> dict:
         "num_hidden_layers": config.num_hidden_layers,
         "num_key_value_heads": config.num_key_value_heads,
         "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+        "quantized_kernels": quantized_kernels(model),
     }
+
+
+def quantized_kernels(model) -> list:
+    """The kernel preferences torchao's quantised weights carry (each weight's matmul dispatches on its own:
+    'torch' is torch._scaled_mm, 'mslk' mslk's kernels, 'auto' whichever imports), sorted; [] when none does."""
+    return sorted({str(getattr(p.kernel_preference, "value", p.kernel_preference)) for p in model.parameters()
+                   if getattr(p, "kernel_preference", None) is not None})

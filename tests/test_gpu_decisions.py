@@ -6,6 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
 from fixtures.variants import llm_variants
 from servers.llm import GenerationFailed, compile_config, compile_plan, needs_sync, stream_tokens
@@ -24,6 +25,24 @@ def test_int4_on_a_litserve_cuda_worker_picks_the_cuda_config():
     config = torchao_config("int4wo", "cuda:0")  # building a config touches no GPU
     assert isinstance(config, Int4WeightOnlyConfig) and str(config.int4_packing_format).endswith("tile_packed_to_4d")
     assert type(torchao_config("int4wo", "cpu")).__name__ == "PrototypeInt4WeightOnlyConfig"
+
+
+def test_float8_runs_torch_s_kernels_by_name_and_the_weights_say_which_ran():
+    """torchao's AUTO picks mslk's float8 kernels on sm90+ wherever mslk imports (a system-wide install seen through
+    --system-site-packages); the recipe names torch's, and the model facts record what the weights carry."""
+    from torchao.quantization import PerRow
+    from torchao.quantization.quantize_.common import KernelPreference
+    from torchao.quantization.quantize_.workflows.float8.float8_tensor import Float8Tensor
+
+    from servers.llm_models import quantized_kernels
+
+    assert torchao_config("float8dq", "cuda:0").kernel_preference == KernelPreference.TORCH
+    linear = torch.nn.Linear(64, 64, bias=False).to(torch.bfloat16)
+    assert quantized_kernels(linear) == []
+    # the weight quantize_ would give (from_hp runs on the CPU; quantize_ itself asks for sm89)
+    weight = Float8Tensor.from_hp(linear.weight.detach(), granularity=PerRow(), kernel_preference=KernelPreference.TORCH)
+    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+    assert quantized_kernels(linear) == ["torch"]
 
 
 def test_cuda_int4_needs_sm80_on_the_gpu_tier_only():
