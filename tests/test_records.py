@@ -146,6 +146,25 @@ def test_an_llm_record_under_load_holds_all_users_tokens_against_the_batched_dec
     assert record["direct_over_roofline_measured"] == pytest.approx(25.0 / min(20e9 / (weights + kv), 1e11 / (2 * 134_000_000)))
     assert (record["observed_mean_batch_size"], record["padding_share"], record["concurrency"]) == (4.0, 0.0, 4)
     assert record["ttft_p90_ms"] == pytest.approx(400.0) and record["goodput_share"] == 1.0  # nearest rank of 12
+    # full batches: the roofline at the observed batch is the one at roofline_batch
+    assert record["observed_batch_roofline_tokens_per_s_measured"] == pytest.approx(record["roofline_tokens_per_s_measured"])
+
+
+def test_an_llm_record_holds_the_served_tokens_against_the_roofline_at_the_batch_the_workers_formed():
+    """Eight users, batches of up to 8, but the window closed early: batches of 4 and 2 alternated (mean 3). The
+    roofline at min(c, max_batch_size) = 8 assumes full batches; the one at the observed mean batch does not."""
+    rounds = [[stream(1.95 * k, 0.1, 0.05, 32) for _ in range(8)] for k in range(3)]
+    record = llm_record_of(rounds, "llm_batched_bf16", concurrency=8, max_batch_size=8,
+                           batches={"0": {"4": 3, "2": 3}}, padding={"slots": 768, "padded": 0})
+    weights, kv = record["weight_bytes_read_per_token"], record["kv_bytes_read_per_token"]
+    assert record["roofline_batch"] == 8 and record["observed_mean_batch_size"] == 3.0
+    at_three = min(3 * 20e9 / (weights + 3 * kv), 1e11 / (2 * 134_000_000))
+    assert record["observed_batch_roofline_tokens_per_s_measured"] == pytest.approx(at_three)
+    assert record["observed_batch_roofline_tokens_per_s_measured"] < record["roofline_tokens_per_s_measured"]
+    assert record["api_over_observed_batch_roofline_measured"] == pytest.approx(record["tokens_per_s_served"] / at_three)
+    # one user of a batch-1 recipe has no batches recorded: nothing to put the roofline at
+    alone = llm_record_of([[stream(0.0, 0.1, 0.05, 32)] for _ in range(3)])
+    assert alone["observed_batch_roofline_tokens_per_s_measured"] is None and alone["api_over_observed_batch_roofline_measured"] is None
 
 
 def test_soak_and_framework_records():
