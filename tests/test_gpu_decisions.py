@@ -134,7 +134,18 @@ def test_gpu_smoke_touches_each_precision_once_and_every_llm_recipe():
     chosen = {i[len("gpu-"):-len("-c8")] for i in ids if i.endswith("-c8")}
     assert {steps[s].option("precision") for s in chosen} == {spec.option("precision") for spec in steps.values()}
     assert {"compile", "pinned"} <= chosen and all(i.endswith("-c8") or "llm" in i for i in ids)
-    assert {spec.name for spec in llm_variants("gpu").values()} <= ids
+    recipes = {spec.option("recipe") for spec in llm_variants("gpu").values()}
+    assert {spec.option("recipe") for spec in llm_variants("gpu").values() if spec.name in ids} == recipes
+    # one batch window touches the batched path; the others are the timed run's to compare
+    assert "gpu-llm_batched_bf16" in ids and "gpu-llm_batched_bf16_window50ms" not in ids
+
+
+def test_the_gpu_tier_measures_two_batch_windows_of_its_batched_recipe_and_the_cpu_tier_one():
+    from fixtures.variants import llm_variants
+
+    windows = {spec.name: spec.option("batch-timeout") for spec in llm_variants("gpu").values() if spec.option("batch-timeout")}
+    assert windows == {"gpu-llm_batched_bf16": 0.01, "gpu-llm_batched_bf16_window50ms": 0.05}
+    assert [spec.option("batch-timeout") for spec in llm_variants("cpu").values() if spec.option("batch-timeout")] == [0.05]
 
 
 def test_the_gpu_llm_sweep_goes_to_64_users_batched_and_to_8_one_at_a_time():
@@ -148,8 +159,9 @@ def test_the_gpu_llm_sweep_goes_to_64_users_batched_and_to_8_one_at_a_time():
     listed = subprocess.run([sys.executable, "-m", "pytest", "tests/bench/test_llm.py", "--collect-only", "-q", "-m", "gpu",
                              "-p", "no:cacheprovider"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120).stdout
     ids = {line.split("[", 1)[1].rstrip("]") for line in listed.splitlines() if "[gpu-" in line}
-    batched = {i for i in ids if i.startswith("gpu-llm_batched_bf16-c")}
-    assert {int(i.rsplit("-c", 1)[1]) for i in batched} == {2, 4, 8, 16, 32, 64}
+    for name in ("gpu-llm_batched_bf16", "gpu-llm_batched_bf16_window50ms"):  # each window over the whole sweep
+        batched = {i for i in ids if i.startswith(f"{name}-c")}
+        assert {int(i.rsplit("-c", 1)[1]) for i in batched} == {2, 4, 8, 16, 32, 64}
     assert {i for i in ids if i.startswith("gpu-llm_eager_bf16-c")} == {f"gpu-llm_eager_bf16-c{c}" for c in (2, 4, 8)}
     assert "gpu-llm_torchao_float8" in ids and "gpu-llm_torchao_float8-c8" in ids and "gpu-llm_batched_bf16" in ids
 

@@ -120,3 +120,27 @@ def test_the_summary_page_says_what_a_reviewer_needs_in_a_minute(tmp_path):
     assert "[index.md](.benchmarks/plots/index.md)" in page
     assert len(page.splitlines()) < 60
     assert "No saved benchmark run here" in summary_for_storage(tmp_path)
+
+
+def test_the_run_names_the_batch_window_that_served_more_tokens():
+    """Two windows of the GPU tier's batched recipe measured in one run: the page names the better one from the
+    figures (here 50 ms at 2 of 3 levels, its batches fuller), not from a constant; an invalid figure takes no part."""
+    from fixtures.track.report import summary_page, window_choice
+
+    def batched(window_s, c, tokens, mean_batch, valid=True):
+        name = "gpu-llm_batched_bf16" + ("" if window_s == 0.01 else "_window50ms")
+        return bench(f"{name}-c{c}", tokens_per_s=tokens / c, tokens_per_s_aggregate=tokens, concurrency=c, device="cuda",
+                     observed_mean_batch_size=mean_batch, valid=valid,
+                     server={"name": name, "recipe": "eager_bf16", "max-batch-size": "64", "batch-timeout": str(window_s)})
+
+    run = json.loads(json.dumps(RUN))
+    run["benchmarks"] += [batched(0.01, 16, 900.0, 9.5), batched(0.05, 16, 1100.0, 15.2),
+                          batched(0.01, 32, 1500.0, 20.0), batched(0.05, 32, 1400.0, 28.0),
+                          batched(0.01, 64, 2000.0, 30.0), batched(0.05, 64, 2600.0, 55.0),
+                          batched(0.01, 8, 500.0, 8.0), batched(0.05, 8, 50.0, 8.0, valid=False)]
+    [row] = window_choice(run)
+    assert row["better_ms"] == 50 and row["wins"] == 2 and sorted(row["levels"]) == [16, 32, 64]
+    page = summary_page(run, [], [])
+    assert "**the 50 ms window** served more output tokens/s at 2 of 3 levels" in page
+    assert "| 64 | 2000.0 (30.0) | 2600.0 (55.0) |" in page
+    assert window_choice(RUN) == []  # one window, or none: nothing to choose
