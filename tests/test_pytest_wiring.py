@@ -219,3 +219,27 @@ def test_a_smoke_pass_leaves_steps_that_change_only_a_batch_number_to_batch_work
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, env=inner_session_env(tmp_path))
     assert result.returncode == 0 and "3 skipped" in result.stdout, result.stdout[-2000:]
     assert "serves batch_workers' code with another batch window, batch size or worker count" in result.stdout, result.stdout[-2000:]
+
+
+def test_no_in_process_measurement_runs_while_a_server_of_the_session_is_alive(tmp_path):
+    """A classifier benchmark and a LitAPI benchmark in one session: every in-process measurement (device peaks,
+    client ceiling, both direct ceilings) is taken while no server runs. pytest tears the previous spec's server
+    down only when the next one is set up, after the next test's other fixtures, so the second file's direct
+    ceilings used to be measured beside the first file's server (on a GPU, failing its leak check)."""
+    from fixtures.plugin import IN_PROCESS_MEASUREMENTS
+
+    log = tmp_path / "fixtures.log"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/bench", "-q", "--benchmark-disable", "-p", "no:cacheprovider",
+         "-p", "tests.fixture_order_log", "-k", "cpu-baseline-c1 or cpu-embedding_no_batching-c1"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=400, env=inner_session_env(tmp_path) | {"FIXTURE_ORDER_LOG": str(log)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    alive, measured = set(), []
+    for line in log.read_text().splitlines():
+        event, name, *param = line.split()
+        if name == "server":
+            (alive.add if event == "up" else alive.discard)(param[0])
+        elif event == "up" and name in IN_PROCESS_MEASUREMENTS:
+            assert not alive, f"{name} measured while {alive} ran"
+            measured.append(name)
+    assert set(measured) == set(IN_PROCESS_MEASUREMENTS), measured
