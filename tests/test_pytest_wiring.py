@@ -243,3 +243,6 @@ def test_no_in_process_measurement_runs_while_a_server_of_the_session_is_alive(t
             assert not alive, f"{name} measured while {alive} ran"
             measured.append(name)
     assert set(measured) == set(IN_PROCESS_MEASUREMENTS), measured
+    # where the session's time went, per server (the GPU llm jobs' timeouts are estimated per recipe)
+    assert "time per server" in result.stdout and "cpu-baseline: start " in result.stdout
+    assert "cpu-embedding_no_batching: start " in result.stdout and "1 test(s)" in result.stdout

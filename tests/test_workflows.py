@@ -16,10 +16,11 @@ def _needs(job) -> set:
 def test_the_gpu_workflow_gates_on_the_doctor_and_runs_its_gpu_jobs_one_after_another():
     """Jobs that need only the doctor may run at once on a host with several runner instances sharing one GPU."""
     jobs = yaml.safe_load((WORKFLOWS / "gpu-bench.yml").read_text())["jobs"]
-    assert set(jobs) == {"doctor", "functional", "classifier", "llm"}
+    assert set(jobs) == {"doctor", "functional", "classifier", "llm", "llm-compiled"}
     assert _needs(jobs["functional"]) == {"doctor"}
     assert _needs(jobs["classifier"]) == {"doctor", "functional"} and _needs(jobs["llm"]) == {"doctor", "classifier"}
-    for name in ("classifier", "llm"):  # one failure does not hide the rest; a failed doctor stops them
+    assert _needs(jobs["llm-compiled"]) == {"doctor", "llm"}
+    for name in ("classifier", "llm", "llm-compiled"):  # one failure does not hide the rest; a failed doctor stops them
         assert "!cancelled()" in jobs[name]["if"] and "needs.doctor.result == 'success'" in jobs[name]["if"]
     assert all(isinstance(job["timeout-minutes"], int) for job in jobs.values())
     doctor_runs = " ".join(step.get("run", "") for step in jobs["doctor"]["steps"])
@@ -38,10 +39,10 @@ def test_each_gpu_cache_is_saved_by_the_job_that_fills_it_and_keyed_by_the_lock(
     assert not any(steps_using(job, "actions/cache@") for job in jobs)  # restore and save, each on purpose
     venv_saves = steps_using("doctor", "actions/cache/save@")
     assert any({".venv", "fixtures/data"} <= set(step["with"]["path"].split()) for step in venv_saves)
-    for job in ("doctor", "functional", "classifier", "llm"):
+    for job in ("doctor", "functional", "classifier", "llm", "llm-compiled"):
         restored = [step for step in steps_using(job, "actions/cache/restore@") if ".venv" in step["with"]["path"]]
         assert restored and "packages.lock" in restored[0]["with"]["key"], job
-    for job in ("functional", "classifier", "llm"):
+    for job in ("functional", "classifier", "llm", "llm-compiled"):
         saves = [step for step in steps_using(job, "actions/cache/save@") if step["with"]["path"].strip() == ".cache"]
         assert saves and saves[0]["if"] == "always()" and "github.run_id" in saves[0]["with"]["key"], job
         restore = next(step for step in steps_using(job, "actions/cache/restore@") if step["with"]["path"].strip() == ".cache")
@@ -122,7 +123,7 @@ def test_every_cpu_job_gates_something_and_the_main_job_publishes():
 
 def test_the_gpu_benchmark_jobs_pull_the_store_before_and_publish_after():
     jobs = yaml.safe_load((WORKFLOWS / "gpu-bench.yml").read_text())["jobs"]
-    for name in ("classifier", "llm"):
+    for name in ("classifier", "llm", "llm-compiled"):
         runs = _runs(jobs[name])
         pull, measure, publish = (_index(runs, "fixtures.track.store pull"), _index(runs, "pytest tests/bench"),
                                   _index(runs, "fixtures.track.store publish"))
@@ -130,3 +131,28 @@ def test_the_gpu_benchmark_jobs_pull_the_store_before_and_publish_after():
         assert "--machine-id" in runs[publish], name
         uses = [step.get("with", {}).get("path", "") for step in jobs[name]["steps"] if "cache" in step.get("uses", "")]
         assert not any(".benchmarks" in path for path in uses), f"{name}: saved runs still kept in a cache GitHub evicts"
+
+
+GPU_CLASS = "${{ inputs.gpu_class || vars.GPU_CLASS || 'gpu' }}"
+
+
+def test_every_gpu_job_of_one_run_runs_on_one_gpu_class_and_the_store_names_it():
+    """With several GPU runners, a plain [self-hosted, gpu] let the doctor, functional and benchmark jobs of one run
+    land on different GPUs: the doctor passed one host and the benchmarks ran on another."""
+    workflow = yaml.safe_load((WORKFLOWS / "gpu-bench.yml").read_text())
+    assert "gpu_class" in workflow[True]["workflow_dispatch"]["inputs"]  # yaml reads the key `on` as True
+    assert workflow["env"]["GPU_CLASS"] == GPU_CLASS and GPU_CLASS in workflow["concurrency"]["group"]
+    for name, job in workflow["jobs"].items():
+        assert job["runs-on"] == ["self-hosted", "gpu", GPU_CLASS], name
+    for name in ("classifier", "llm", "llm-compiled"):
+        runs = _runs(workflow["jobs"][name])
+        assert '--machine-id "gpu-$GPU_CLASS-$RUNNER_NAME"' in runs[_index(runs, "fixtures.track.store publish")], name
+
+
+def test_the_compiled_llm_recipes_run_in_a_job_of_their_own_and_every_llm_benchmark_in_one_of_the_two():
+    """Four cold compiles with coordinate-descent tuning beside the sweep did not fit one 75-minute job."""
+    workflow = yaml.safe_load((WORKFLOWS / "gpu-bench.yml").read_text())
+    bench = " ".join(_runs(workflow["jobs"]["llm"]))
+    assert 'llm) selection="gpu and ((llm and not compile) or relation)"' in bench
+    assert 'llm-compiled) selection="gpu and ((llm and compile) or relation)"' in bench
+    assert workflow["jobs"]["llm"]["timeout-minutes"] == 45 and workflow["jobs"]["llm-compiled"]["timeout-minutes"] == 90
