@@ -144,3 +144,19 @@ def test_the_run_names_the_batch_window_that_served_more_tokens():
     assert "**the 50 ms window** served more output tokens/s at 2 of 3 levels" in page
     assert "| 64 | 2000.0 (30.0) | 2600.0 (55.0) |" in page
     assert window_choice(RUN) == []  # one window, or none: nothing to choose
+
+
+def test_energy_per_token_and_per_request_show_gross_and_net_or_not_available():
+    from fixtures.record.figures import TREND_FIGURES
+    from fixtures.track.report import markdown_table
+
+    run = json.loads(json.dumps(RUN))
+    run["benchmarks"][0]["extra_info"].update(energy_source="not available: no RAPL package domain", j_per_request=None)
+    run["benchmarks"][1]["extra_info"].update(energy_source="nvml counter, 1 GPU", j_per_token=0.1234, j_per_token_net=0.0811)
+    classifier, llm = markdown_table(run).split("\n\n")
+    assert "| n/a |" in classifier and "| 0.123 (0.0811 net) |" in llm
+    # followed across commits: plotted, change points, and judged by the A/B where a round can meter it
+    from fixtures.ab import CLOSED_LOOP_ROUND_FIGURES, LLM_ROUND_FIGURES
+
+    assert {"j_per_token", "j_per_request"} <= {f.key for f in TREND_FIGURES}
+    assert "j_per_token" in LLM_ROUND_FIGURES and "j_per_request" in CLOSED_LOOP_ROUND_FIGURES

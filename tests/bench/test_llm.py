@@ -20,7 +20,8 @@ from fixtures.drive.answers import checked_llm_client
 from fixtures.drive.request_log import stream_rows
 from fixtures.drive.server import SERVER_LOG_DIR
 from fixtures.measure.batches import batch_size_delta
-from fixtures.measure.gpu import ThrottleSampler
+from fixtures.measure.energy import energy_meter, gpus_of
+from fixtures.measure.gpu import ThrottleSampler, slowdown_share
 from fixtures.measure.rounds import RoundPolicy, record_rounds, run_until_stable
 from fixtures.measure.stream_metrics import summarize_streams
 from fixtures.measure.utilisation import UtilisationSampler
@@ -74,7 +75,8 @@ def llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_clas
             concurrency, concurrency, max_tokens=2)
         assert all(r.ok for r in warmup), f"warm-up failed: {[(r.status, r.error) for r in warmup if not r.ok][:3]}"
         rss_before, batches_before, padding_before = server.rss_bytes(), server.get_json(STATS_PATH), server.get_json(PADDING_PATH)
-        with ThrottleSampler() as throttle, UtilisationSampler(server.alive_pids) as utilisation:
+        with energy_meter(tier.device, gpus_of(spec), smoke=benchmark.disabled) as energy, \
+                ThrottleSampler() as throttle, UtilisationSampler(server.alive_pids) as utilisation:
             rounds, stability = run_until_stable(lambda: one_round(client), figure,
                                                  RoundPolicy(tier.rounds, tier.max_round_cv, tier.max_rounds),
                                                  single_round=benchmark.disabled)
@@ -88,7 +90,9 @@ def llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_clas
         direct_report=report, peaks=device_peaks[tier.device], throttle=throttle, utilisation=utilisation,
         rss_before=rss_before, rss_after=rss_after, answer_check=ANSWER_CHECK, ready_s=server.ready_after_s,
         concurrency=concurrency, max_batch_size=int(spec.option("max-batch-size", 1)), batches=batches,
-        padding={key: padding_after[key] - padding_before[key] for key in padding_after}, max_new_tokens=max_tokens),
+        padding={key: padding_after[key] - padding_before[key] for key in padding_after}, max_new_tokens=max_tokens,
+        energy=energy.summary(summarize_streams([r for streams in rounds for r in streams]).tokens, "token",
+                              slowdown_share(throttle))),
         requests=stream_rows(rounds))
 
     failed = [(r.kind, r.status, r.error) for streams in rounds for r in streams if not r.ok][:3]
