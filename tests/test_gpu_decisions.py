@@ -225,3 +225,28 @@ def test_the_in_process_measurements_hand_their_cached_gpu_memory_back(monkeypat
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     release_cached_gpu_memory()
     assert calls == ["synchronize", "empty_cache"]
+
+
+def test_a_server_stopped_before_the_next_spec_s_test_is_checked_for_leaks_once_then_and_not_beside_a_measurement(monkeypatch):
+    """The next spec's first test stops the server it replaces before its fixtures (the in-process ceilings among
+    them) run; the leak verdict is taken then, before the pytest process's own CUDA use, and pytest's teardown of
+    that server reads the same verdict instead of measuring again."""
+    from types import SimpleNamespace
+
+    from fixtures import plugin
+    from fixtures.measure import gpu
+
+    stops, readings = [], iter([2**30 + 600 * 2**20])  # 600 MiB above a 1 GiB baseline once, then no more readings
+    old = SimpleNamespace(spec=SimpleNamespace(name="gpu-baseline"), stop=lambda: stops.append("gpu-baseline"))
+    monkeypatch.setattr(plugin, "_started_servers", [old])
+    monkeypatch.setattr(plugin, "_memory_before", {id(old): 2**30})
+    monkeypatch.setattr(plugin, "_memory_excess", {})
+    monkeypatch.setattr(gpu, "gpu_memory_used", lambda: next(readings))
+    monkeypatch.setattr(gpu, "wait_for_memory", lambda read, baseline, tolerance, timeout_s: read() - baseline)
+    same_spec = SimpleNamespace(callspec=SimpleNamespace(params={"server": SimpleNamespace(name="gpu-baseline")}))
+    plugin.stop_the_server_being_replaced(same_spec)
+    assert stops == []  # a test of the running spec keeps its server
+    next_spec = SimpleNamespace(callspec=SimpleNamespace(params={"server": SimpleNamespace(name="gpu-batch_workers")}))
+    plugin.stop_the_server_being_replaced(next_spec)
+    assert stops == ["gpu-baseline"]
+    assert plugin.stop_and_check_memory(old) == 600 * 2**20 and stops == ["gpu-baseline"]  # the teardown's read

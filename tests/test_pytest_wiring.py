@@ -226,23 +226,20 @@ def test_no_in_process_measurement_runs_while_a_server_of_the_session_is_alive(t
     client ceiling, both direct ceilings) is taken while no server runs. pytest tears the previous spec's server
     down only when the next one is set up, after the next test's other fixtures, so the second file's direct
     ceilings used to be measured beside the first file's server (on a GPU, failing its leak check)."""
-    from fixtures.plugin import IN_PROCESS_MEASUREMENTS
-
+    in_process = ("device_peaks", "harness_ceiling", "classifier_ceilings", "litapi_ceilings")
     log = tmp_path / "fixtures.log"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/bench", "-q", "--benchmark-disable", "-p", "no:cacheprovider",
          "-p", "tests.fixture_order_log", "-k", "cpu-baseline-c1 or cpu-embedding_no_batching-c1"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=400, env=inner_session_env(tmp_path) | {"FIXTURE_ORDER_LOG": str(log)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    alive, measured = set(), []
+    measured = []
     for line in log.read_text().splitlines():
-        event, name, *param = line.split()
-        if name == "server":
-            (alive.add if event == "up" else alive.discard)(param[0])
-        elif event == "up" and name in IN_PROCESS_MEASUREMENTS:
-            assert not alive, f"{name} measured while {alive} ran"
+        _, name, running = line.split()
+        if name in in_process:
+            assert running == "running=", f"{name} measured while {running[len('running='):]} ran"
             measured.append(name)
-    assert set(measured) == set(IN_PROCESS_MEASUREMENTS), measured
+    assert set(measured) == set(in_process), measured
     # where the session's time went, per server (the GPU llm jobs' timeouts are estimated per recipe)
     assert "time per server" in result.stdout and "cpu-baseline: start " in result.stdout
     assert "cpu-embedding_no_batching: start " in result.stdout and "1 test(s)" in result.stdout
