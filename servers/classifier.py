@@ -25,7 +25,8 @@ from fastapi import HTTPException
 
 from servers.pretrained import PRETRAINED, build_pretrained
 from servers.pretrained import labels as pretrained_labels
-from servers.runtime import BatchSizeCounts, add_stats_routes, prepare_main_process, prepare_worker, resolve_device, serve
+from servers.runtime import (BatchSizeCounts, RecordThreadPools, ThreadPoolReport, add_stats_routes, prepare_main_process,
+                             prepare_worker, resolve_device, serve)
 from servers.validation import BodyValidator, RequestRejected, parse_json_object
 
 log = logging.getLogger("servers.classifier")
@@ -332,7 +333,7 @@ def main(argv=None):
     args = parse_args(argv)
     config = config_from_args(args)
     device = resolve_device(args.device)
-    batch_counts = BatchSizeCounts(args.workers_per_device, args.max_batch_size)
+    batch_counts, pools = BatchSizeCounts(args.workers_per_device, args.max_batch_size), ThreadPoolReport(args.workers_per_device)
     api = ClassifierAPI(config, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout,
                         batch_counts=batch_counts)
     metadata = {**asdict(config), "device": device, "max_batch_size": args.max_batch_size,
@@ -343,8 +344,9 @@ def main(argv=None):
         # BodyValidator enforces the body limit with a 413; LitServe's max_payload_size answers 500.
         middlewares=[(BodyValidator, {"path": "/predict", "max_body_bytes": args.max_body_bytes,
                                       "validate": functools.partial(check_predict_body, max_pixels=args.max_pixels)})],
+        callbacks=[RecordThreadPools(pools)],
     )
-    add_stats_routes(server, batch_counts, device, args.threads, args.fast_queue)
+    add_stats_routes(server, batch_counts, device, args.threads, args.fast_queue, pools)
     serve(server, args.host, args.port)
 
 

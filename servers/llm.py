@@ -26,7 +26,7 @@ from fastapi import HTTPException
 from litserve.specs.openai import OpenAISpec
 
 from servers.llm_models import MODELS, RECIPES, apply_inductor_settings, inductor_settings, load, model_facts
-from servers.runtime import (BatchSizeCounts, add_stats_routes, device_type, prepare_main_process, prepare_worker,
+from servers.runtime import (BatchSizeCounts, RecordThreadPools, ThreadPoolReport, add_stats_routes, device_type, prepare_main_process, prepare_worker,
                              resolve_device, serve)
 from servers.validation import BodyValidator, RequestRejected
 
@@ -474,7 +474,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     if args.max_batch_size > 1 and RECIPES[args.recipe].static_compile:
         raise SystemExit(f"--max-batch-size {args.max_batch_size}: batched generation is eager (the static cache holds one sequence)")
-    batch_counts, padding = BatchSizeCounts(1, args.max_batch_size), PaddingCounts()
+    batch_counts, padding, pools = BatchSizeCounts(1, args.max_batch_size), PaddingCounts(), ThreadPoolReport(1)
     api_class = BatchedLLMAPI if args.max_batch_size > 1 else LLMAPI
     server = ls.LitServer(
         api_class(args, batch_counts, padding), accelerator=device, devices=1, workers_per_device=1, timeout=args.timeout,
@@ -483,8 +483,9 @@ def main(argv=None):
                                                                 greedy_only=args.max_batch_size > 1)})],
         model_metadata={"model": args.model, "recipe": args.recipe, "device": device, "threads": str(args.threads),
                         "max_batch_size": str(args.max_batch_size)},
+        callbacks=[RecordThreadPools(pools)],
     )
-    add_stats_routes(server, batch_counts, device, args.threads, False, max_batch_size=args.max_batch_size,
+    add_stats_routes(server, batch_counts, device, args.threads, False, pools, max_batch_size=args.max_batch_size,
                      batch_timeout_s=args.batch_timeout)
     server.app.add_api_route(PADDING_PATH, padding.snapshot, methods=["GET"])
     serve(server, args.host, args.port)

@@ -1,13 +1,17 @@
 """What every server entry point does before LitServe runs: exit cleanly on SIGTERM, die with
-its parent, pin the torch thread count and keep freed memory (each function says why, with what was measured)."""
+its parent, pin every native thread pool (torch, BLAS, OpenMP, MKL) and keep freed memory (each function says
+why, with what was measured)."""
 
 import ctypes
+import json
 import logging
 import multiprocessing
 import os
 import platform
 import signal
 import sys
+
+import litserve as ls
 
 log = logging.getLogger("servers")
 
@@ -89,15 +93,48 @@ def serve(server, host: str, port: int) -> None:
         pass
 
 
+# The variables the BLAS and OpenMP runtimes read when they load: a library the user's setup() loads after
+# limit_thread_pools starts with `threads` threads too.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+              "NUMEXPR_NUM_THREADS")
+
+
+def limit_thread_pools(threads: int) -> None:
+    """Every native thread pool of this process at `threads`: torch's, and through threadpoolctl each BLAS
+    (OpenBLAS, MKL, BLIS) and OpenMP runtime loaded so far; THREAD_ENV for those loaded later. torch's own setting
+    leaves numpy's BLAS at all cores: a numpy LitAPI ran 2 BLAS threads per worker where 1 torch thread was set,
+    and with OPENBLAS_NUM_THREADS=1 its direct ceilings rose 2.2-15x and its c=8 req/s 1.3-4.5x (2-core Intel Xeon)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    for name in THREAD_ENV:
+        os.environ[name] = str(threads)
+    threadpool_limits(limits=threads)  # as a call, not a block: the limits stay
+    torch.set_num_threads(threads)
+
+
+def thread_pools() -> list:
+    """The thread pools this process runs now, as each library reports them: [{library, api, threads}, ...]
+    (threadpoolctl's internal and user API, and torch's intra-op pool), with OpenBLAS's kernel architecture."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    pools = [{"library": "torch", "api": "intra-op", "threads": torch.get_num_threads()}]
+    for pool in threadpool_info():
+        entry = {"library": pool["internal_api"], "api": pool["user_api"], "threads": pool["num_threads"]}
+        pools.append(entry | ({"architecture": pool["architecture"]} if pool.get("architecture") else {}))
+    return pools
+
+
 def prepare_worker(threads: int) -> int:
     """Called in each inference worker's setup(): workers are spawned by the server's main
-    process, so they die with it, and torch's thread count is set explicitly because its
+    process, so they die with it, and every thread pool is set explicitly (limit_thread_pools) because torch's
     default (all cores) is 3-13x slower when server and client share two cores."""
     die_with_parent(signal.SIGKILL)
     keep_freed_memory()
+    limit_thread_pools(threads)
     import torch
 
-    torch.set_num_threads(threads)
     return torch.get_num_threads()
 
 
@@ -141,19 +178,56 @@ class BatchSizeCounts:
         return {"workers": rows}
 
 
+class ThreadPoolReport:
+    """The thread pools each inference worker runs once set up (thread_pools), so the record says what ran, not
+    what was asked: a JSON text per worker in shared memory created before LitServe spawns its workers, each row
+    written by its worker only (after its setup), read by the HTTP process for GET SERVING_PATH."""
+
+    ROW = 4096  # bytes of JSON per worker: a few pools of a few fields each
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.rows = multiprocessing.get_context("spawn").RawArray("c", workers * self.ROW)
+
+    def record(self) -> None:
+        worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))
+        if 0 <= worker < self.workers:
+            text = json.dumps(thread_pools()).encode()[:self.ROW - 1]
+            self.rows[worker * self.ROW:worker * self.ROW + len(text) + 1] = text + b"\0"
+
+    def snapshot(self) -> dict:
+        """worker -> its pools, for the workers that have recorded them."""
+        found = {}
+        for worker in range(self.workers):
+            text = bytes(self.rows[worker * self.ROW:(worker + 1) * self.ROW]).split(b"\0", 1)[0]
+            if text:
+                found[str(worker)] = json.loads(text)
+        return found
+
+
+class RecordThreadPools(ls.Callback):
+    """A LitServe callback recording each worker's thread pools once its setup() has run (a library loaded there
+    counts); it travels to the workers with its shared rows."""
+
+    def __init__(self, pools: ThreadPoolReport):
+        self.pools = pools
+
+    def on_after_setup(self, lit_api, *args, **kwargs):
+        self.pools.record()
+
+
 STATS_PATH = "/stats/batch-sizes"
 SERVING_PATH = "/stats/serving"
 
 
-def add_stats_routes(server, counts: BatchSizeCounts, accelerator: str, threads: int, fast_queue: bool, **facts) -> dict:
-    """GET STATS_PATH (the batch sizes the workers ran) and GET SERVING_PATH (what actually serves) on a
-    LitServer. litserve 0.2.19's LitServer.__init__ builds TransportConfig(transport_config=...) while the
-    model's field is transport_type, so fast_queue=True leaves the mp transport in place: the facts say what
-    the built config holds, not what was asked for."""
-    import litserve as ls
-
+def add_stats_routes(server, counts: BatchSizeCounts, accelerator: str, threads: int, fast_queue: bool,
+                     pools: ThreadPoolReport, **facts) -> dict:
+    """GET STATS_PATH (the batch sizes the workers ran) and GET SERVING_PATH (what actually serves, the thread pools
+    each worker runs among it) on a LitServer. litserve 0.2.19's LitServer.__init__ builds
+    TransportConfig(transport_config=...) while the model's field is transport_type, so fast_queue=True leaves the
+    mp transport in place: the facts say what the built config holds, not what was asked for."""
     serving = {"accelerator": accelerator, "fast_queue": fast_queue, "transport": server.transport_config.transport_type,
                "threads_per_worker": threads, "litserve": getattr(ls, "__version__", "unknown"), **facts}
     server.app.add_api_route(STATS_PATH, counts.snapshot, methods=["GET"])
-    server.app.add_api_route(SERVING_PATH, lambda: serving, methods=["GET"])
+    server.app.add_api_route(SERVING_PATH, lambda: {**serving, "thread_pools": pools.snapshot()}, methods=["GET"])
     return serving

@@ -29,7 +29,7 @@ from fixtures.record.records import llm_record
 from fixtures.variants import LLM_SMOKE_MAX_TOKENS, LLM_TIERS, gpu_smoke_ids, llm_variants
 from servers.llm import PADDING_PATH
 from servers.llm_models import RECIPES
-from servers.runtime import STATS_PATH
+from servers.runtime import SERVING_PATH, STATS_PATH
 
 ANSWER_CHECK = "one content chunk per usage token, a finish reason, exactly max_tokens under ignore_eos"
 
@@ -80,7 +80,7 @@ def llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_clas
             rounds, stability = run_until_stable(lambda: one_round(client), figure,
                                                  RoundPolicy(tier.rounds, tier.max_round_cv, tier.max_rounds),
                                                  single_round=benchmark.disabled)
-        rss_after, padding_after = server.rss_bytes(), server.get_json(PADDING_PATH)
+        rss_after, padding_after, serving = server.rss_bytes(), server.get_json(PADDING_PATH), server.get_json(SERVING_PATH)
         batches = batch_size_delta(batches_before, server.get_json(STATS_PATH))
 
     record_rounds(benchmark, [max(r.end_s for r in streams) - min(r.start_s for r in streams)
@@ -92,7 +92,7 @@ def llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_clas
         concurrency=concurrency, max_batch_size=int(spec.option("max-batch-size", 1)), batches=batches,
         padding={key: padding_after[key] - padding_before[key] for key in padding_after}, max_new_tokens=max_tokens,
         energy=energy.summary(summarize_streams([r for streams in rounds for r in streams]).tokens, "token",
-                              slowdown_share(throttle))),
+                              slowdown_share(throttle)), thread_pools=serving.get("thread_pools")),
         requests=stream_rows(rounds))
 
     failed = [(r.kind, r.status, r.error) for streams in rounds for r in streams if not r.ok][:3]
