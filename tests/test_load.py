@@ -132,3 +132,28 @@ def test_a_connection_idle_past_the_client_keep_alive_is_not_reused(stub):
     assert at_once.connections_opened == 0  # reused while fresh
     assert after_idle.connections_opened == 2  # idle past keep-alive: reopened, never reused stale
     assert all(r.ok for r in after_idle.results)
+
+
+@pytest.mark.parametrize("returned", [False, True, 0, ""])
+def test_a_check_that_returns_neither_none_nor_a_reason_stops_the_load_at_the_first_answer(stub, returned):
+    """A check returning False for every answer passed silently (every answer counted right); one returning True
+    crashed on a subscript. Either breaks the rule, named in the failure, at the first answer."""
+    from fixtures.litapi import CHECK_RULE, CheckContractBroken, LitAPIBenchmark, Serving, answer_check
+
+    def right_answer(payload, answer):
+        return returned
+
+    bench = LitAPIBenchmark(api="servers.mine:MyAPI", payloads=({"x": 1},), check=right_answer,
+                            variants={"no_batching": Serving()})
+    with pytest.raises(CheckContractBroken, match=f"mine: {CHECK_RULE}; .*right_answer returned {returned!r}"):
+        run_closed_loop(stub.url, [b"{}"], num_requests=4, concurrency=1, check=answer_check(bench))
+    assert stub.requests == 1  # stopped at the first answer
+
+
+def test_a_check_keeping_the_rule_passes_and_fails_answers_as_it_says(stub):
+    from fixtures.litapi import LitAPIBenchmark, Serving, answer_check
+
+    bench = LitAPIBenchmark(api="servers.mine:MyAPI", payloads=({"x": 1}, {"x": 2}), variants={"no_batching": Serving()},
+                            check=lambda payload, answer: None if payload["x"] == 1 else "x=2 is never right")
+    run = run_closed_loop(stub.url, [b"{}", b"{}"], num_requests=4, concurrency=1, check=answer_check(bench))
+    assert [r.ok for r in run.results] == [True, False, True, False] and run.results[1].error == "x=2 is never right"
