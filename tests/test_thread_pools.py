@@ -51,3 +51,21 @@ def test_the_in_process_ceiling_runs_the_user_s_code_with_the_same_pools():
     # and the pytest process gets its own pools back afterwards
     assert any(pool["num_threads"] > 1 for pool in threadpool_info() if pool["user_api"] == "blas") or \
         __import__("os").cpu_count() == 1
+
+
+def test_a_no_batching_step_of_an_api_that_batches_says_what_litserve_does_instead_of_its_warning():
+    """litserve warns on every max_batch_size=1 build of a class with batch() and unbatch(): the ladder's first step
+    does that on purpose. The launcher (and the in-process ceiling) build it without the warning and say the path."""
+    import warnings
+
+    from fixtures.drive.launch import LITSERVE_UNBATCHED_WARNING, UNBATCHED_PATH, build_api
+    from tests.numpy_litapi import NearestNeighbourAPI
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        NearestNeighbourAPI(max_batch_size=1, batch_timeout=0.0)  # litserve's own behaviour, which the launcher meets
+        assert any(LITSERVE_UNBATCHED_WARNING in str(w.message) for w in caught)
+        caught.clear()
+        api, note = build_api(NearestNeighbourAPI, 1, 0.0, {})
+        assert not caught and note == UNBATCHED_PATH and api.max_batch_size == 1
+        assert build_api(NearestNeighbourAPI, 4, 0.01, {})[1] is None
