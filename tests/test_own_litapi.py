@@ -142,3 +142,72 @@ def test_no_list_of_benchmark_names_under_fixtures_or_github():
                 found += [f"{path.relative_to(REPO_ROOT)}: {name}" for name in BENCHMARK_TEST_NAMES
                           if re.search(rf"\b{name}\b", text)]
     assert not found, found
+
+
+BROKEN_SERVER = '''\
+"""A LitAPI written for batches only: predict() indexes the batch's list, which a single request is not."""
+import litserve as ls
+
+
+class BatchesOnly(ls.LitAPI):
+    def setup(self, device):
+        pass
+
+    def decode_request(self, request):
+        return request["x"]
+
+    def batch(self, inputs):
+        return list(inputs)
+
+    def predict(self, xs):
+        return [x * 2 for x in xs]  # at max_batch_size=1 xs is one number: TypeError
+
+    def unbatch(self, output):
+        return output
+
+    def encode_response(self, output):
+        return {"y": output}
+
+
+class NeverStarts(BatchesOnly):
+    def setup(self, device):
+        raise RuntimeError("the model file is missing")
+'''
+
+BROKEN_TEST = '''\
+from fixtures.litapi import LitAPIBenchmark, Serving, benchmark_test
+
+
+def doubled(payload, answer):
+    return None if answer["y"] == 2 * payload["x"] else f"expected {2 * payload['x']}, got {answer['y']}"
+
+
+test_batches_only = benchmark_test(LitAPIBenchmark(
+    api="servers.broken:BatchesOnly", check=doubled, payloads=({"x": 1},), concurrency={"cpu": (1,)},
+    variants={"no_batching": Serving()}))
+test_never_starts = benchmark_test(LitAPIBenchmark(
+    api="servers.broken:NeverStarts", name="never_starts", check=doubled, payloads=({"x": 1},),
+    concurrency={"cpu": (1,)}, variants={"batching": Serving(max_batch_size=2, batch_timeout=0.01)}))
+'''
+
+
+def test_a_broken_declaration_fails_its_own_benchmarks_only(tmp_path):
+    """One LitAPI's predict raising at max_batch_size=1 errored every LitAPI benchmark of the session (its
+    in-process ceiling raised inside a session fixture every one of them uses): now it fails its own, with the
+    error, and so does one whose setup raises; the embedding example beside them passes."""
+    copy = _copy_of_this_repository(tmp_path)
+    (copy / "servers" / "broken.py").write_text(BROKEN_SERVER)
+    (copy / "tests" / "bench" / "test_broken.py").write_text(BROKEN_TEST)
+    ran = _pytest(copy, "tests/bench/test_broken.py", "tests/bench/test_embedding.py", "-m", "not gpu", "-rfE",
+                  "--benchmark-disable", "-k", "broken or never_starts or embedding_no_batching-c1 or embedding_batching-c8")
+    out = ran.stdout
+    assert ran.returncode == 1, out[-4000:]
+    assert re.search(r"1 failed, 2 passed, \d+ deselected, .*1 error", out), out[-4000:]
+    summary = out.split("short test summary info")[-1]
+    # predict raising in the in-process ceiling: its own benchmark fails, saying so
+    assert "FAILED tests/bench/test_broken.py::test_batches_only[cpu-broken_no_batching-c1]" in summary
+    assert "cpu-broken_no_batching: its in-process direct ceiling raised" in out and "TypeError" in out
+    # setup raising: its server does not start, and its own benchmark errors with the server's log tail
+    assert "ERROR tests/bench/test_broken.py::test_never_starts[cpu-never_starts_batching-c1]" in summary
+    assert "RuntimeError: the model file is missing" in out and "exited with code 1 before it was ready" in out
+    assert summary.count("FAILED") + summary.count("ERROR") == 2  # the embedding cases passed

@@ -13,6 +13,7 @@ its memory; then the floors are asserted.
 import pytest
 
 from fixtures.closed_loop import ClassifierCase, closed_loop_benchmark
+from fixtures.measure.ceilings import ceilings_of
 from fixtures.variants import CLASSIFIER_TIERS, classifier_specs, gpu_smoke_ids
 
 
@@ -34,4 +35,4 @@ def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_
                                save_record, tier, server, concurrency):
     # The ceilings come before server in the signature: measured before any server starts.
     closed_loop_benchmark(request, benchmark, ClassifierCase(tier, server.spec), server, concurrency,
-                          classifier_ceilings[server.spec.name], harness_ceiling, floor_failures, machine_class, save_record)
+                          ceilings_of(classifier_ceilings, server.spec.name), harness_ceiling, floor_failures, machine_class, save_record)
