@@ -24,8 +24,9 @@ from servers.llm_models import RECIPES
 
 DATA = Path(__file__).parent / "data"
 QUIET = SimpleNamespace(problems=[], summary=lambda: {"gpu_throttle": [], "gpu_clock_events": {}, "gpu_clock_samples": 4})
-IDLE = SimpleNamespace(summary=lambda: {"cpu_util_pct": 150.0, "server_cpu_cores": 1.5, "client_cpu_cores": 0.4,
-                                        "gpu_util_pct": None, "gpu_util_problem": "no GPU", "utilisation_samples": 4})
+IDLE = SimpleNamespace(disturbed=None, summary=lambda: {"cpu_util_pct": 150.0, "server_cpu_cores": 1.5, "client_cpu_cores": 0.4,
+                                                        "gpu_util_pct": None, "gpu_util_problem": "no GPU",
+                                                        "utilisation_samples": 4})
 CLIENT_CEILING = {"bare_aiohttp_rps": {8: 9000.0}, "litserve_noop_rps": {8: 2000.0}}
 
 

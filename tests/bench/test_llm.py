@@ -24,7 +24,7 @@ from fixtures.measure.energy import energy_meter, gpus_of
 from fixtures.measure.gpu import ThrottleSampler, slowdown_share
 from fixtures.measure.rounds import RoundPolicy, record_rounds, run_until_stable
 from fixtures.measure.stream_metrics import summarize_streams
-from fixtures.measure.utilisation import UtilisationSampler
+from fixtures.measure.utilisation import UtilisationSampler, disturbance_limit
 from fixtures.record.records import llm_record
 from fixtures.variants import LLM_SMOKE_MAX_TOKENS, LLM_TIERS, gpu_smoke_ids, llm_variants
 from servers.llm import PADDING_PATH
@@ -76,7 +76,8 @@ def llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_clas
         assert all(r.ok for r in warmup), f"warm-up failed: {[(r.status, r.error) for r in warmup if not r.ok][:3]}"
         rss_before, batches_before, padding_before = server.rss_bytes(), server.get_json(STATS_PATH), server.get_json(PADDING_PATH)
         with energy_meter(tier.device, gpus_of(spec), smoke=benchmark.disabled) as energy, \
-                ThrottleSampler() as throttle, UtilisationSampler(server.alive_pids) as utilisation:
+                ThrottleSampler() as throttle, \
+                UtilisationSampler(server.alive_pids, disturbance_limit=disturbance_limit(benchmark.disabled)) as utilisation:
             rounds, stability = run_until_stable(lambda: one_round(client), figure,
                                                  RoundPolicy(tier.rounds, tier.max_round_cv, tier.max_rounds),
                                                  single_round=benchmark.disabled)
