@@ -185,3 +185,52 @@ def test_the_end_of_a_saving_session_searches_change_points_once(tmp_path, real_
     monkeypatch.setattr(fixtures.track.plots, "load_history", lambda *a, **k: searched_again())
     paths = make_plots(tmp_path, tmp_path / "plots", runs=runs, points_of_change=[])
     assert any(p.name.startswith("trend-") for p in paths)
+
+
+def test_a_user_s_declaration_is_plotted_by_its_variants_in_its_order_in_its_unit_and_every_ceiling_on_the_axes(
+        tmp_path, real_run, monkeypatch):
+    """A numpy LitAPI's run: its direct-ceiling plot was titled "None@None None cpu 1t" in images/s with one line
+    for three variants; trend panels came in alphabetical order; a ceiling above the first panel's figures fell
+    off the shared axis."""
+    import matplotlib.figure
+
+    drawn = {}
+    savefig = matplotlib.figure.Figure.savefig
+
+    def recording(fig, path, *args, **kwargs):
+        drawn[path.name] = [(ax.get_title(), ax.get_ylabel(), ax.get_ylim(), ax.get_yscale(),
+                             [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")])
+                            for ax in fig.axes if ax.get_visible()]
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording)
+    run = copy.deepcopy(real_run)
+    variants = ("no_batching", "batching", "batching_workers")  # the declaration's order, not the alphabet's
+    run["machine_info"]["declarations"] = {"nearest": {"cpu": [f"cpu-nearest_{v}" for v in variants]}}
+    for index, variant in enumerate(variants):
+        for concurrency, rps in ((1, 50.0 + index), (8, 60.0 + 10 * index)):
+            bench = copy.deepcopy(run["benchmarks"][0])
+            bench.update(param=f"cpu-nearest_{variant}-c{concurrency}", name=f"test_nearest[cpu-nearest_{variant}-c{concurrency}]",
+                         fullname=f"t::test_nearest[cpu-nearest_{variant}-c{concurrency}]", group="nearest")
+            bench["extra_info"] = {"rps": rps, "rps_per_round": [rps] * 3, "concurrency": concurrency, "device": "cpu",
+                                   "served_api": "servers.nearest:NearestNeighbourAPI", "direct_threads": 1,
+                                   # the last variant's ceiling is 10x its figures: a log axis
+                                   "direct_rps": 900.0 if index == 2 else 120.0 + index,
+                                   "direct_rps_by_batch": {"1": 100.0 + index, "8": 120.0 + index},
+                                   "server": {"name": f"cpu-nearest_{variant}"}}
+            run["benchmarks"].append(bench)
+    folder = tmp_path / "Linux-CPython-3.11-64bit"
+    folder.mkdir()
+    (folder / "0001_run.json").write_text(json.dumps(run))
+    make_plots(tmp_path, tmp_path / "plots")
+
+    [(title, unit, _, _, lines)] = drawn["run-direct-batch-nearest.png"]
+    assert "servers.nearest:NearestNeighbourAPI" in title and unit.startswith("requests/s")
+    assert lines == [f"cpu-nearest_{v}" for v in variants]
+    assert [label for _, label, *_ in drawn["run-direct-batch.png"]] == ["images/s (one process, no HTTP)"]  # the classifier
+    panels = drawn["trend-nearest-c8-rps.png"]
+    assert [p[0] for p in panels] == [f"cpu-nearest_{v}" for v in variants]
+    assert all(p[3] == "log" and p[2][1] >= 900.0 for p in panels)  # the 10x ceiling, on the shared axis
+    [(_, _, (bottom, top), scale, lines)] = drawn["run-nearest-concurrency.png"]
+    assert scale == "log" and top >= 900.0 and bottom <= 50.0
+    assert lines[:3] == [f"cpu-nearest_{v} API" for v in variants]

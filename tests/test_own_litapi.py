@@ -97,6 +97,8 @@ def test_a_new_litapi_needs_one_server_file_and_one_short_test(tmp_path):
     (saved,) = storage.glob("*/*.json")
     records = {b["param"]: b["extra_info"] for b in json.loads(saved.read_text())["benchmarks"]}
     assert set(records) == {"cpu-tiny_mlp_batching-c1", "cpu-tiny_mlp_batching-c8"}
+    # its variants in its own order, for the summary page's section and the plots
+    assert json.loads(saved.read_text())["machine_info"]["declarations"] == {"tiny_mlp": {"cpu": ["cpu-tiny_mlp_batching"]}}
     for record in records.values():
         assert record["valid"] and record["served_api"] == "servers.tiny_mlp:TinyMLP"
         assert 0 < record["api_over_direct"] and record["direct_rps"] > 0 and record["observed_mean_batch_size"] >= 1

@@ -160,3 +160,23 @@ def test_energy_per_token_and_per_request_show_gross_and_net_or_not_available():
 
     assert {"j_per_token", "j_per_request"} <= {f.key for f in TREND_FIGURES}
     assert "j_per_token" in LLM_ROUND_FIGURES and "j_per_request" in CLOSED_LOOP_ROUND_FIGURES
+
+
+def test_the_summary_page_has_a_section_per_declaration_in_its_variants_order():
+    """The README promises a user's figures on the summary page; it showed the classifier ladder and the LLM only."""
+    from fixtures.track.report import summary_page
+
+    run = json.loads(json.dumps(RUN))
+    variants = ("no_batching", "batching")
+    run["machine_info"]["declarations"] = {"nearest": {"cpu": [f"cpu-nearest_{v}" for v in variants]}}
+    for variant, rps, valid in (("no_batching", 505.0, True), ("batching", 148.0, False)):
+        run["benchmarks"].append(bench(f"cpu-nearest_{variant}-c8", rps=rps, api_over_direct=0.5, concurrency=8, valid=valid,
+                                       invalid_reason=None if valid else "disturbed by 1.10 cores of other work",
+                                       served_api="servers.nearest:NearestNeighbourAPI",
+                                       server={"name": f"cpu-nearest_{variant}"}))
+    page = summary_page(run, [], [])
+    section = page.split("### Your LitAPI `nearest` on cpu")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| nearest_")]
+    assert [row.split(" | ")[0] for row in rows] == ["| nearest_no_batching", "| nearest_batching"]
+    assert "505.0 (0.50)" in rows[0] and rows[0].endswith("| yes |")
+    assert "no (c=8: disturbed by 1.10 cores of other work)" in rows[1]
