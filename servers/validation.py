@@ -5,7 +5,7 @@ decode_request fails every request of the batch; a streaming response has alread
 worker finds a problem. A pure ASGI middleware that reads the body first avoids all three.
 """
 
-from typing import Callable, Optional
+from typing import Callable
 
 from starlette.responses import JSONResponse
 
@@ -77,11 +77,3 @@ def parse_json_object(body: bytes) -> dict:
         raise RequestRejected(400, "request body must be a JSON object")
     return data
 
-
-def first_error(check: Callable[[bytes], None], body: bytes) -> Optional[str]:
-    """The message check() rejects body with, or None (for tests and callers that want a string)."""
-    try:
-        check(body)
-    except RequestRejected as rejected:
-        return rejected.message
-    return None
