@@ -41,11 +41,8 @@ def install_shutdown_handlers() -> None:
 
 
 def prepare_main_process() -> None:
-    """A server's main process: SIGTERM is its graceful shutdown; its parent's death is SIGKILL, which also ends a
-    process that is stopped (the A/B pauses the side it does not time with SIGSTOP, and a stopped server whose
-    A/B was killed kept SIGTERM pending forever, re-parented to init)."""
     install_shutdown_handlers()
-    die_with_parent(signal.SIGKILL)
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
 
