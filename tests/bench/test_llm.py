@@ -15,16 +15,14 @@ import json
 
 import pytest
 
-from fixtures.closed_loop import end_benchmark
+from fixtures.closed_loop import end_benchmark, sampled_window
 from fixtures.drive.answers import checked_llm_client
 from fixtures.drive.request_log import stream_rows
 from fixtures.drive.server import SERVER_LOG_DIR
 from fixtures.measure.batches import batch_size_delta
-from fixtures.measure.energy import energy_meter, gpus_of
-from fixtures.measure.gpu import ThrottleSampler, slowdown_share
+from fixtures.measure.gpu import slowdown_share
 from fixtures.measure.rounds import RoundPolicy, record_rounds, run_until_stable
 from fixtures.measure.stream_metrics import summarize_streams
-from fixtures.measure.utilisation import UtilisationSampler, disturbance_limit
 from fixtures.record.records import llm_record
 from fixtures.variants import LLM_SMOKE_MAX_TOKENS, LLM_TIERS, gpu_smoke_ids, llm_variants
 from servers.llm import PADDING_PATH
@@ -75,9 +73,7 @@ def llm_benchmark(request, benchmark, device_peaks, floor_failures, machine_clas
             concurrency, concurrency, max_tokens=2)
         assert all(r.ok for r in warmup), f"warm-up failed: {[(r.status, r.error) for r in warmup if not r.ok][:3]}"
         rss_before, batches_before, padding_before = server.rss_bytes(), server.get_json(STATS_PATH), server.get_json(PADDING_PATH)
-        with energy_meter(tier.device, gpus_of(spec), smoke=benchmark.disabled) as energy, \
-                ThrottleSampler() as throttle, \
-                UtilisationSampler(server.alive_pids, disturbance_limit=disturbance_limit(benchmark.disabled)) as utilisation:
+        with sampled_window(server, tier.device, benchmark.disabled) as (energy, throttle, utilisation):
             rounds, stability = run_until_stable(lambda: one_round(client), figure,
                                                  RoundPolicy(tier.rounds, tier.max_round_cv, tier.max_rounds),
                                                  single_round=benchmark.disabled)
