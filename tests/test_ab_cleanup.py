@@ -31,13 +31,13 @@ def wait_for(condition, timeout_s: float, poll_s: float = 0.25):
     return None
 
 
-def servers_of(ab: psutil.Process) -> list:
-    """The A/B's server processes (main and workers), once both sides' main processes run."""
+def servers_of(ab: psutil.Process, sides: int = 2) -> list:
+    """The A/B's server processes (main and workers), once `sides` sides' main processes run."""
     try:
         found = [p for p in ab.children(recursive=True) if "servers.classifier" in " ".join(p.cmdline())]
     except psutil.Error:
         return []
-    return found if sum(1 for p in found if p.ppid() == ab.pid) >= 2 else []
+    return found if sum(1 for p in found if p.ppid() == ab.pid) >= sides else []
 
 
 @pytest.mark.parametrize("phase", ["starting", "measuring", "cleaning up"])
@@ -50,7 +50,8 @@ def test_a_killed_a_b_leaves_no_server_and_no_worktree(tmp_path, phase):
     try:
         ours = wait_for(lambda: ab_worktrees() - before, 120)
         assert ours, "the A/B made no worktree"
-        if phase == "starting":
+        if phase == "starting":  # the first server's process runs, not yet ready (its model loads for seconds)
+            assert wait_for(lambda: servers_of(ab, sides=1), 120, 0.1), "the A/B started no server"
             started = ab.children(recursive=True)
             process.kill()
         else:

@@ -107,6 +107,32 @@ def test_servers_die_with_a_killed_parent(tmp_path):
                 pass
 
 
+STARTER_THAT_DIES = """
+import os, sys
+from pathlib import Path
+from fixtures.drive.server import _launch, free_port
+from fixtures.drive.spec import ServerSpec
+server = _launch(ServerSpec(name="orphan-at-start", module="servers.noop"), free_port(), Path(sys.argv[1]))
+print(server.process.pid, flush=True)
+os._exit(0)  # before the server's own imports are done
+"""
+
+
+def test_a_server_whose_parent_dies_while_it_imports_does_not_outlive_it(tmp_path):
+    """The server's own parent-death request comes after its imports (a few hundred ms, seconds on a cold
+    disk); the launcher's comes before its exec. An A/B killed while its servers started left one running."""
+    starter = subprocess.run([sys.executable, "-c", STARTER_THAT_DIES, str(tmp_path)], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=60)
+    pid = int(starter.stdout.split()[0])
+    try:
+        assert not wait_until_gone([pid], timeout_s=20), "the server outlived the process that started it"
+    finally:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_crash_at_startup_fails_fast_with_exit_code_and_log_tail(tmp_path):
     spec = ServerSpec(name="crashes", module="servers.noop", options=(("fail-setup", True),))
     started = time.monotonic()
