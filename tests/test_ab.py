@@ -75,7 +75,10 @@ def test_the_selection_is_pytest_k_over_the_collected_benchmarks():
     assert {case.kind for case in collected_cases("test_llm_decode", "cpu")} == {"llm"}
     # A user's own LitAPI declaration is found the same way, with its declaration beside it.
     (embedding,) = collected_cases("embedding_batching-c8", "cpu")
-    assert embedding.closed_loop.bench.api == "servers.embedding:EmbeddingAPI" and embedding.concurrency == 8
+    assert embedding.case.bench.api == "servers.embedding:EmbeddingAPI" and embedding.concurrency == 8
+    # and a streaming one (fixtures/chat.py) as an LLM case, driven by its own case
+    (chat,) = collected_cases("chat_plain-c4", "cpu")
+    assert chat.kind == "llm" and chat.case.bench.api == "servers.chat:ChatLLM" and chat.concurrency == 4
     assert collected_cases("test_poisson", "cpu") == []  # open loop: not A/B'd
 
 

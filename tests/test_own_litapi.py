@@ -77,6 +77,30 @@ def _copy_of_this_repository(tmp_path: Path) -> Path:
     return copy
 
 
+def _benchmarked_in_a_copy(tmp_path: Path, name: str, server: str, test: str) -> tuple:
+    """(the copy, its saved run): servers/<name>.py and its test of at most 30 lines written into a copy of this
+    repository, and its CPU benchmarks run there and saved."""
+    copy = _copy_of_this_repository(tmp_path)
+    (copy / "servers" / f"{name}.py").write_text(server)
+    (copy / "tests" / "bench" / f"test_{name}.py").write_text(test)
+    assert len(test.splitlines()) <= 30
+    storage = copy / ".benchmarks"
+    ran = _pytest(copy, f"tests/bench/test_{name}.py", "-m", "not gpu", "--benchmark-autosave",
+                  f"--benchmark-storage={storage}", "--no-plots")
+    assert ran.returncode == 0, ran.stdout[-4000:] + ran.stderr[-2000:]
+    (saved,) = storage.glob("*/*.json")
+    return copy, saved
+
+
+def _calibrated(copy: Path, saved: Path) -> str:
+    """The floors `make calibrate` writes from the saved run `saved` (the CPU tier's), as text."""
+    floors = copy / "floors-test.toml"
+    calibrated = subprocess.run([sys.executable, "-m", "fixtures.record.calibrate", "--from-runs", str(saved), "--floors",
+                                 str(floors), "--device", "cpu"], cwd=copy, capture_output=True, text=True, timeout=120)
+    assert calibrated.returncode == 0, calibrated.stdout + calibrated.stderr
+    return floors.read_text()
+
+
 def _pytest(copy: Path, *args, timeout=600):
     env = inner_session_env(copy.parent, drop=("PYTEST_", "PYTHONPATH"))  # copy: <tmp_path>/repo
     return subprocess.run([sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider"], cwd=copy,
@@ -84,17 +108,8 @@ def _pytest(copy: Path, *args, timeout=600):
 
 
 def test_a_new_litapi_needs_one_server_file_and_one_short_test(tmp_path):
-    copy = _copy_of_this_repository(tmp_path)
-    (copy / "servers" / "tiny_mlp.py").write_text(TINY_SERVER)
-    (copy / "tests" / "bench" / "test_tiny_mlp.py").write_text(TINY_TEST)
-    assert len(TINY_TEST.splitlines()) <= 30
-
     # Measured and saved, with the direct ceiling of the user's own code.
-    storage = copy / ".benchmarks"
-    ran = _pytest(copy, "tests/bench/test_tiny_mlp.py", "-m", "not gpu", "--benchmark-autosave",
-                  f"--benchmark-storage={storage}", "--no-plots")
-    assert ran.returncode == 0, ran.stdout[-4000:] + ran.stderr[-2000:]
-    (saved,) = storage.glob("*/*.json")
+    copy, saved = _benchmarked_in_a_copy(tmp_path, "tiny_mlp", TINY_SERVER, TINY_TEST)
     records = {b["param"]: b["extra_info"] for b in json.loads(saved.read_text())["benchmarks"]}
     assert set(records) == {"cpu-tiny_mlp_batching-c1", "cpu-tiny_mlp_batching-c8"}
     # its variants in its own order, for the summary page's section and the plots
@@ -107,11 +122,7 @@ def test_a_new_litapi_needs_one_server_file_and_one_short_test(tmp_path):
         assert record["roofline_rps_measured"] > 0 and "FlopCounterMode" in record["roofline_basis"]
 
     # Floors for it from that run.
-    floors = copy / "floors-test.toml"
-    calibrated = subprocess.run([sys.executable, "-m", "fixtures.record.calibrate", "--from-runs", str(saved), "--floors", str(floors),
-                                 "--device", "cpu"], cwd=copy, capture_output=True, text=True, timeout=120)
-    assert calibrated.returncode == 0, calibrated.stdout + calibrated.stderr
-    written = floors.read_text()
+    written = _calibrated(copy, saved)
     assert '"cpu-tiny_mlp_batching-c8"' in written or "cpu-tiny_mlp_batching-c8" in written
     assert "min_api_over_direct" in written and "min_rps" in written
 

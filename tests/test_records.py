@@ -17,7 +17,8 @@ from fixtures.measure.ceilings import ClassifierCeilings
 from fixtures.measure.device_peaks import DeviceCeilings
 from fixtures.measure.rounds import RoundPolicy, stability
 from fixtures.record.figures import FIGURES, FLOORED_FIGURES, HIGHER, TREND_FIGURES, UnknownFigure, checked_record, markdown
-from fixtures.record.records import classifier_record, framework_record, knee_record, llm_record, open_loop_record, soak_record
+from fixtures.record.records import (classifier_record, framework_record, knee_record, llm_record, open_loop_record, own_recipe,
+                                     soak_record)
 from fixtures.variants import classifier_specs, llm_variants
 from servers import classifier
 from servers.llm_models import RECIPES
@@ -99,7 +100,8 @@ LLM_TIER = SimpleNamespace(max_new_tokens=32, device="cpu", threads=1, ttft_slo_
 
 def llm_record_of(rounds, spec_name="llm_eager_bf16", **kwargs):
     levels = stability([20.0, 20.0, 20.0], RoundPolicy(3, 0.10, 6))
-    return checked_record(llm_record(spec=llm_variants("cpu")[spec_name], tier=LLM_TIER, recipe=RECIPES["eager_bf16"],
+    spec = llm_variants("cpu")[spec_name]
+    return checked_record(llm_record(spec=spec, tier=LLM_TIER, served=own_recipe(spec, RECIPES["eager_bf16"]),
                                      rounds=rounds, stability=levels, direct_report=LLM_REPORT, peaks=LLM_PEAKS,
                                      throttle=QUIET, utilisation=IDLE, rss_before=0, rss_after=0,
                                      answer_check="exact length", ready_s=1.0, **kwargs))
@@ -125,8 +127,9 @@ def test_the_smoke_pass_s_short_llm_requests_are_recorded_and_checked_at_their_o
 
     record = llm_record_of([[stream(0.0, 0.1, 0.05, 4)] for _ in range(3)], max_new_tokens=4)
     assert record["max_new_tokens"] == 4 and record["valid"]
-    client = checked_llm_client("http://127.0.0.1:1", llm_variants("cpu")["llm_eager_bf16"], LLM_TIER, max_tokens=4)
-    assert client.body["max_tokens"] == 4 and client.check(4, 4, "length") is None and client.check(32, 32, "length")
+    client = checked_llm_client("http://127.0.0.1:1", "smollm2-135m", LLM_TIER, max_tokens=4)
+    ((body, check),) = client.requests
+    assert body["max_tokens"] == 4 and check(4, 4, "length") is None and check(32, 32, "length")
 
 
 def test_an_llm_record_under_load_holds_all_users_tokens_against_the_batched_decode_roofline():
