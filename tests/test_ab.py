@@ -131,3 +131,37 @@ def test_the_summary_page_shows_the_newest_ab_table(tmp_path):
     page = summary_for_storage(tmp_path)
     assert "A/B: `bbbbbbbb` (HEAD) against `aaaaaaaa` (origin/main): **FAIL: slower**" in page
     assert "| cpu-batch_workers-c8 | rps |" in page and "slower **(fails)**" in page
+
+
+def test_a_figure_marked_ab_in_the_catalogue_reaches_the_a_b_without_an_edit_to_it(monkeypatch):
+    """The A/B computed its figures by hand and named them in two lists of its own; a round's figures are now the
+    record's (fixtures.record.records' round figures), and the catalogue says which are compared."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import fixtures.record.figures as catalogue
+    from fixtures.ab import Side
+    from fixtures.drive.load import LoadRun, RequestResult
+    from fixtures.track.ab_verdict import judge
+
+    class Client:
+        def __init__(self, scale):
+            self.scale = scale
+
+        def closed_loop(self, requests):
+            results = tuple(RequestResult(True, 200, self.scale * (0.010 + 0.001 * (i % 10))) for i in range(requests))
+            return LoadRun(results, wall_s=self.scale * 0.012 * requests, concurrency=1)
+
+    def rounds(scale):
+        side = Side.__new__(Side)
+        side.case = SimpleNamespace(kind="closed_loop", concurrency=1)
+        side.client, side.energy_sources, side.server = Client(scale), ([], "none in this test"), None
+        return [side.round(100) for _ in range(3)]
+
+    assert "latency_p90_ms" not in rounds(1.0)[0]
+    monkeypatch.setitem(catalogue.FIGURES, "latency_p90_ms", replace(catalogue.FIGURES["latency_p90_ms"], better="lower", ab=True))
+    measured = {"launches": [{"samples": {BASE: rounds(1.0), HEAD: rounds(1.2)}} for _ in range(6)]}
+    compared = tuple(measured["launches"][0]["samples"][BASE][0])
+    assert "latency_p90_ms" in compared and "rps" in compared
+    p90 = next(c for c in judge(measured, compared, 0.05) if c.figure == "latency_p90_ms")
+    assert p90.ratio == pytest.approx(1.2) and p90.fails  # 20% slower at the p90 too

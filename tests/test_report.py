@@ -156,10 +156,10 @@ def test_energy_per_token_and_per_request_show_gross_and_net_or_not_available():
     classifier, llm = markdown_table(run).split("\n\n")
     assert "| n/a |" in classifier and "| 0.123 (0.0811 net) |" in llm
     # followed across commits: plotted, change points, and judged by the A/B where a round can meter it
-    from fixtures.ab import CLOSED_LOOP_ROUND_FIGURES, LLM_ROUND_FIGURES
+    from fixtures.record.figures import ab_figures
 
     assert {"j_per_token", "j_per_request"} <= {f.key for f in TREND_FIGURES}
-    assert "j_per_token" in LLM_ROUND_FIGURES and "j_per_request" in CLOSED_LOOP_ROUND_FIGURES
+    assert {"j_per_token", "j_per_request"} <= set(ab_figures())
 
 
 def test_the_summary_page_has_a_section_per_declaration_in_its_variants_order():
