@@ -62,6 +62,7 @@ def batch_workers_record(runs):
 def test_a_classifier_record_from_known_rounds():
     runs = [load_run([0.05] * 100, 1.25), load_run([0.04] * 100, 1.0), load_run([0.04] * 100, 1.0), load_run([0.04] * 100, 1.0)]
     record = batch_workers_record(runs)
+    assert record["kind"] == "closed_loop"  # every record says what kind it is (fixtures.record.records.record_kind)
     assert record["rps"] == pytest.approx(100.0)  # the last 3 rounds: 300 requests in 3 s
     assert record["rps_per_round"] == pytest.approx([80.0, 100.0, 100.0, 100.0])
     assert record["latency_p99_ms"] == pytest.approx(40.0) and record["requests"] == 300
@@ -109,6 +110,7 @@ def llm_record_of(rounds, spec_name="llm_eager_bf16", **kwargs):
 
 def test_an_llm_record_holds_tokens_per_s_against_the_direct_ceiling_and_the_bandwidth_roofline():
     record = llm_record_of([[stream(0.0, 0.1, 0.05, 32), stream(2.0, 0.1, 0.05, 32)] for _ in range(3)])
+    assert record["kind"] == "llm"
     per_request = 32 / (0.1 + 31 * 0.05)
     assert record["tokens_per_s"] == pytest.approx(per_request) and record["tokens_per_s_served"] == record["tokens_per_s"]
     assert record["api_over_direct"] == pytest.approx(per_request / 25.0)
@@ -187,7 +189,7 @@ def test_open_loop_and_knee_records_say_what_capacity_their_rates_came_from():
     ceiling = {"bare_aiohttp_rps": {8: 5000.0}, "litserve_noop_rps": {8: 900.0}}
     opened = checked_record(open_loop_record(spec=spec, capacity=capacity, fraction=0.6, seed=0,
                                              runs=[load_run([0.02] * 10, 1.0)], slo_s=0.25, client_ceiling=ceiling, warmup="w"))
-    assert opened["offered_rate"] == pytest.approx(72.0) and opened["capacity_rps"] == 120.0
+    assert opened["offered_rate"] == pytest.approx(72.0) and opened["capacity_rps"] == 120.0 and opened["kind"] == "open_loop"
     assert opened["capacity_fraction"] == 0.6 and "probe" in opened["capacity_source"]
     knee = find_knee(lambda rate: 0.1 if rate <= 150 else 0.5, 120.0, 0.25, client_ceiling_rps=3500.0)
     record = checked_record(knee_record(spec=spec, search=knee, policy=KneePolicy(), capacity=capacity, warmup="w"))

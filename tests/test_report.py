@@ -30,6 +30,20 @@ def test_markdown_report_has_a_table_per_kind():
     assert "Xeon (2 cores), no GPU" in describe_machine(RUN) and "abcdef12" in describe_machine(RUN)
 
 
+def test_a_record_is_tabled_by_the_kind_it_declares_not_by_the_keys_it_holds():
+    """A user's request/response LitAPI may well report tokens/s of its own: it is a closed-loop record still."""
+    from fixtures.record.records import CLOSED_LOOP, LLM, record_kind
+
+    run = json.loads(json.dumps(RUN))
+    run["benchmarks"][0]["extra_info"].update(kind=CLOSED_LOOP, tokens_per_s=900.0)
+    run["benchmarks"][1]["extra_info"]["kind"] = LLM
+    classifier, llm = markdown_table(run).split("\n\n")
+    assert "cpu-batched-c8" in classifier and "cpu-batched-c8" not in llm
+    assert [title for title, _ in ceiling_tables({"mine-c8": {"kind": CLOSED_LOOP, "rps": 5.0, "tokens_per_s": 9.0}})] == \
+        ["closed loop: served req/s against its ceilings"]
+    assert record_kind({"tokens_per_s": 18.9}) == LLM  # a run saved before records declared their kind
+
+
 def test_ceiling_tables_align_mark_unknowns_and_keep_each_unit_apart():
     records = {"cpu-batched-c8": {"rps": 125.0, "direct_rps": 210.0, "compute_roofline_rps_measured": 360.0,
                                   "compute_roofline_rps_datasheet": None, "api_over_direct": 0.6},
