@@ -6,9 +6,9 @@ Batch 1 (no batching), one model per server. Each streamed chunk is one generate
 content-free chunk carries usage. `metadata: {"ignore_eos": "true"}` makes a request generate exactly
 its max_tokens (min_new_tokens = max_new_tokens), which the benchmarks use so tokens/s is comparable.
 
-At start-up each worker warms up (compiling where the recipe compiles), then times the same model
-generating --bench-max-tokens for BENCH_MESSAGES in-process (the direct ceiling, no HTTP) and writes it,
-with the bytes a decode step must read, to <report-dir>/llm-direct-<port>.json.
+At start-up each worker warms up (compiling where the recipe compiles) before it serves. What the model
+serves without HTTP, and what a decode step reads, are measured by the harness in its own process on the
+same class (fixtures/measure/ceilings.py): nothing here benchmarks itself.
 """
 
 import argparse
@@ -16,9 +16,8 @@ import functools
 import json
 import multiprocessing
 import queue
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import litserve as ls
@@ -26,12 +25,13 @@ from fastapi import HTTPException
 from litserve.specs.openai import OpenAISpec
 
 from servers.llm_models import MODELS, RECIPES, apply_inductor_settings, inductor_settings, load, model_facts
-from servers.runtime import (BatchSizeCounts, RecordThreadPools, ThreadPoolReport, add_stats_routes, device_type, prepare_main_process, prepare_worker,
-                             resolve_device, serve)
+from servers.runtime import (BatchSizeCounts, PrepareWorker, RecordThreadPools, ThreadPoolReport, add_stats_routes, device_type,
+                             prepare_main_process, resolve_device, serve)
 from servers.validation import BodyValidator, RequestRejected
 
 ROLES = {"system", "user", "assistant", "tool"}
-BENCH_MESSAGES = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
+# What each worker generates before it serves (its compile, allocator and kernel choice done before a request waits).
+WARMUP_MESSAGES = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
 
 
 def validate_chat_body(body: bytes, max_tokens_limit: int, greedy_only: bool = False):
@@ -302,27 +302,31 @@ PADDING_PATH = "/stats/padding"
 
 
 class LLMAPI(ls.LitAPI):
-    """Batch 1: each request generates alone, its tokens streamed as they come."""
+    """Batch 1: each request generates alone, its tokens streamed as they come. Built with keyword arguments
+    (servers/llm.py's main, or a harness timing the same class in its own process)."""
 
-    def __init__(self, args, batch_counts: BatchSizeCounts, padding: "PaddingCounts"):
-        super().__init__(spec=OpenAISpec(), max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
-        self.args, self.batch_counts, self.padding = args, batch_counts, padding
+    def __init__(self, model: str = "smollm2-135m", recipe: str = "eager_bf16", context: int = 256,
+                 default_max_tokens: int = 64, warmup_tokens: int = 32, token_timeout: float = 60.0,
+                 batch_counts: Optional[BatchSizeCounts] = None, padding: Optional["PaddingCounts"] = None, **kwargs):
+        super().__init__(spec=OpenAISpec(), **kwargs)
+        self.args = SimpleNamespace(model=model, recipe=recipe, context=context, default_max_tokens=default_max_tokens,
+                                    warmup_tokens=warmup_tokens, token_timeout=token_timeout)
+        self.batch_counts = batch_counts or BatchSizeCounts(1, self.max_batch_size)
+        self.padding = padding or PaddingCounts()
 
     def setup(self, device):
         args = self.args
-        self.threads = prepare_worker(args.threads)
         self.device = device
         self.recipe = RECIPES[args.recipe]
         self.tokenizer, self.model = load(args.model, self.recipe, device)
         # A fixed-size static cache (--context): one compiled decode graph for every request.
         self.generation_plan = Generation(self.model, self.tokenizer, device, self.recipe.static_compile, args.context)
         self.generation = self.generation_plan.thread
-        prompt = self.prompt_ids(BENCH_MESSAGES)
-        for _ in range(2):  # warm-up: compile, allocator, kernel choice
-            self.on_generation_thread(self.generate_ids, prompt, self.args.bench_max_tokens, exact=True)
+        prompt = self.prompt_ids(WARMUP_MESSAGES)
+        for _ in range(2):  # warm-up before serving: compile, allocator, kernel choice
+            self.on_generation_thread(self.generate_ids, prompt, args.warmup_tokens, exact=True)
         self.after_warmup = compile_counters()
-        self.on_generation_thread(self.write_direct_report, prompt)
-        print(f"worker ready: model={args.model} recipe={args.recipe} device={device} threads={self.threads} "
+        print(f"worker ready: model={args.model} recipe={args.recipe} device={device} "
               f"compile={self.generation_plan.compile_mode}", flush=True)
 
     def on_generation_thread(self, fn, *args, **kwargs):
@@ -336,39 +340,9 @@ class LLMAPI(ls.LitAPI):
     def generate_ids(self, *args, **kwargs):
         return self.generation_plan.generate_ids(*args, **kwargs)
 
-    def write_direct_report(self, prompt):
-        """Direct tokens/s: this worker's model generating --bench-max-tokens in-process, best of 3,
-        with the device synchronised around each run; plus the model's raw facts (servers.llm_models.model_facts),
-        from which the harness computes what one decode step reads."""
-        import torch
-
-        timings = []
-        for _ in range(3):
-            if needs_sync(self.device):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            self.generate_ids(prompt, self.args.bench_max_tokens, exact=True)
-            if needs_sync(self.device):
-                torch.cuda.synchronize()
-            timings.append(time.perf_counter() - start)
-        n = self.args.bench_max_tokens
-        report = {
-            "direct_tokens_per_s": n / min(timings),
-            "direct_tokens_per_s_runs": [n / t for t in timings],
-            "direct_threads": self.threads,
-            "prompt_tokens": prompt.shape[1],
-            "max_new_tokens": n,
-            "kv_cache_dtype": self.recipe.precision,
-            **model_facts(self.model),
-            "compile": self.compile_report(),
-        }
-        path = Path(self.args.report_dir) / f"llm-direct-{self.args.port}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1))
-
     def compile_report(self) -> Optional[dict]:
-        """For a compiled recipe: its mode, the inductor settings it ran with, and what compiled after the
-        warm-up (during the direct timing: nothing should; the benchmark fails otherwise). None when eager."""
+        """For a compiled recipe: its mode, the inductor settings it ran with, and what compiled since the
+        warm-up ended (nothing should). None when eager."""
         if self.generation_plan.compile_mode is None:
             return None
         now = compile_counters()
@@ -458,8 +432,7 @@ def parse_args(argv=None):
     p.add_argument("--context", type=int, default=256, help="prompt + new tokens limit (and static cache size)")
     p.add_argument("--max-tokens-limit", type=int, default=192, help="largest max_tokens a request may ask")
     p.add_argument("--default-max-tokens", type=int, default=64)
-    p.add_argument("--bench-max-tokens", type=int, default=32, help="tokens of the start-up direct measurement")
-    p.add_argument("--report-dir", default=".server-logs", help="where the direct-throughput report goes")
+    p.add_argument("--warmup-tokens", type=int, default=32, help="tokens each of the worker's two start-up warm-ups generates")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--max-batch-size", type=int, default=1, help="above 1: batched generation (BatchedLLMAPI)")
     p.add_argument("--batch-timeout", type=float, default=0.0, help="seconds LitServe waits to fill a batch")
@@ -476,14 +449,17 @@ def main(argv=None):
         raise SystemExit(f"--max-batch-size {args.max_batch_size}: batched generation is eager (the static cache holds one sequence)")
     batch_counts, padding, pools = BatchSizeCounts(1, args.max_batch_size), PaddingCounts(), ThreadPoolReport(1)
     api_class = BatchedLLMAPI if args.max_batch_size > 1 else LLMAPI
+    api = api_class(model=args.model, recipe=args.recipe, context=args.context, default_max_tokens=args.default_max_tokens,
+                    warmup_tokens=args.warmup_tokens, token_timeout=args.token_timeout, batch_counts=batch_counts,
+                    padding=padding, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
     server = ls.LitServer(
-        api_class(args, batch_counts, padding), accelerator=device, devices=1, workers_per_device=1, timeout=args.timeout,
+        api, accelerator=device, devices=1, workers_per_device=1, timeout=args.timeout,
         middlewares=[(BodyValidator, {"path": "/v1/chat/completions", "max_body_bytes": 4 * 2**20,
                                       "validate": functools.partial(check_chat_body, max_tokens_limit=args.max_tokens_limit,
                                                                 greedy_only=args.max_batch_size > 1)})],
         model_metadata={"model": args.model, "recipe": args.recipe, "device": device, "threads": str(args.threads),
                         "max_batch_size": str(args.max_batch_size)},
-        callbacks=[RecordThreadPools(pools)],
+        callbacks=[PrepareWorker(args.threads), RecordThreadPools(pools)],
     )
     add_stats_routes(server, batch_counts, device, args.threads, False, pools, max_batch_size=args.max_batch_size,
                      batch_timeout_s=args.batch_timeout)

@@ -205,6 +205,18 @@ class ThreadPoolReport:
         return found
 
 
+class PrepareWorker(ls.Callback):
+    """A LitServe callback running prepare_worker in each inference worker before its setup(): the server's
+    settings stay out of the LitAPI class, which then runs unchanged in another process (the harness's direct
+    ceiling builds and times it there)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def on_before_setup(self, lit_api, *args, **kwargs):
+        prepare_worker(self.threads)
+
+
 class RecordThreadPools(ls.Callback):
     """A LitServe callback recording each worker's thread pools once its setup() has run (a library loaded there
     counts); it travels to the workers with its shared rows."""

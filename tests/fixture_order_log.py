@@ -1,6 +1,6 @@
 """A pytest plugin for inner sessions (-p tests.fixture_order_log): writes each session fixture's setup, in order,
 to the file FIXTURE_ORDER_LOG names, with the servers whose processes were running at that moment:
-"up litapi_ceilings running=cpu-baseline" (running= empty when none)."""
+"up case_ceilings running=cpu-baseline" (running= empty when none)."""
 
 import os
 

@@ -43,8 +43,8 @@ def servers(tmp_path_factory):
     ), logs)
     llm = start_server(ServerSpec(
         name="llm-fuzz", module="servers.llm", startup_timeout_s=300,
-        options=(("model", "smollm2-135m"), ("device", "cpu"), ("bench-max-tokens", 2), ("default-max-tokens", 2),
-                 ("max-tokens-limit", 4), ("report-dir", logs)),
+        options=(("model", "smollm2-135m"), ("device", "cpu"), ("warmup-tokens", 2), ("default-max-tokens", 2),
+                 ("max-tokens-limit", 4)),
     ), logs)
     yield {"classifier": f"{classifier.url}/predict", "llm": f"{llm.url}/v1/chat/completions",
            "health": [f"{classifier.url}/health", f"{llm.url}/health"]}

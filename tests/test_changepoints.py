@@ -40,7 +40,7 @@ def test_a_20_percent_step_at_commit_8_is_named_at_commit_8_and_nowhere_else(tmp
     write_runs(tmp_path, real_run, [100.0] * (STEP_AT - 1) + [80.0] * (COMMITS - STEP_AT + 1), seed=0)
     runs = load_history(tmp_path)
     found = change_points(runs, subject_of=lambda commit: f"subject of {commit[:7]}")
-    assert [(c.commit[:7], c.metric, c.verdict) for c in found] == [(f"{STEP_AT:07x}", "rps", "REGRESSION")]
+    assert [(c.commit[:7], c.metric, c.direction) for c in found] == [(f"{STEP_AT:07x}", "rps", "REGRESSION")]
     (point,) = found
     assert point.mean_before == pytest.approx(100, rel=0.06) and point.mean_after == pytest.approx(80, rel=0.06)
     assert point.change == pytest.approx(-0.2, abs=0.06) and point.p_value <= 0.001

@@ -7,7 +7,7 @@ import pynvml
 
 from fixtures.measure import gpu
 from fixtures.measure.rounds import RoundPolicy, stability
-from fixtures.measure.verdicts import untrusted_reason
+from fixtures.measure.validity import untrusted_reason
 
 
 def test_reason_bits_are_nvml_s():

@@ -77,7 +77,7 @@ def test_run_to_run_noise_is_not_flagged(tmp_path, real_run, seed):
 def test_an_improvement_is_reported_but_not_a_failure(tmp_path, real_run):
     write_history(tmp_path, real_run, [100, 100, 100, 140])
     changes = detect_changes(load_history(tmp_path))
-    assert {c.verdict for c in changes} == {"improvement"}
+    assert {c.direction for c in changes} == {"improvement"}
     assert regression_main(["--storage", str(tmp_path), "--fail"]) == 0
 
 
@@ -121,7 +121,7 @@ def test_a_regression_after_a_package_upgrade_is_reported_beside_the_upgrade_not
     newest.write_text(json.dumps(run))
     runs = load_history(tmp_path)
     changes = detect_changes(runs)
-    assert changes and all(c.verdict == "REGRESSION" for c in changes)
+    assert changes and all(c.direction == "REGRESSION" for c in changes)
     assert regressions(changes) == changes
     assert all(c.environment_change == f"torch {old_torch} -> 9.9.9" for c in changes)
     table = format_changes(changes, runs)

@@ -115,7 +115,7 @@ def batched_server(tmp_path_factory):
     spec = ServerSpec(
         name="llm-batched-functional", module="servers.llm", startup_timeout_s=300,
         options=(("model", "smollm2-135m"), ("recipe", "eager_fp32"), ("device", "cpu"), ("threads", 1),
-                 ("bench-max-tokens", 4), ("max-batch-size", 4), ("batch-timeout", 0.2), ("report-dir", logs)),
+                 ("warmup-tokens", 4), ("max-batch-size", 4), ("batch-timeout", 0.2)),
     )
     server = start_server(spec, logs)
     yield server

@@ -22,7 +22,7 @@ def llm(tmp_path_factory):
     spec = ServerSpec(
         name="llm-functional", module="servers.llm", startup_timeout_s=300,
         options=(("model", "smollm2-135m"), ("recipe", "eager_bf16"), ("device", "cpu"), ("threads", 1),
-                 ("bench-max-tokens", 4), ("context", 256), ("max-tokens-limit", 192), ("report-dir", logs)),
+                 ("warmup-tokens", 4), ("context", 256), ("max-tokens-limit", 192)),
     )
     server = start_server(spec, logs)
     yield server

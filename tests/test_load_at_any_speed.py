@@ -14,7 +14,7 @@ from fixtures.drive.spec import ServerSpec
 from fixtures.measure.client_ceiling import client_ceiling
 from fixtures.measure.knee import bracket_only, find_knee, knee_rate_cap, open_loop_p99, probe_capacity
 from fixtures.measure.metrics import error_breakdown, summarize
-from fixtures.measure.verdicts import rss_growth_problem
+from fixtures.measure.validity import rss_growth_problem
 from fixtures.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_variants
 
 pytestmark = pytest.mark.slow  # knee searches, Poisson runs and soaks of real servers

@@ -74,7 +74,7 @@ def test_summary_serialises_to_plain_floats():
 def test_coefficient_of_variation_and_trust():
     from fixtures.measure.metrics import coefficient_of_variation
     from fixtures.measure.rounds import RoundPolicy, stability
-    from fixtures.measure.verdicts import untrusted_reason
+    from fixtures.measure.validity import untrusted_reason
 
     assert coefficient_of_variation([10.0]) == 0.0
     assert coefficient_of_variation([9.0, 10.0, 11.0]) == pytest.approx(0.1)  # sample sd 1, mean 10
@@ -86,7 +86,7 @@ def test_coefficient_of_variation_and_trust():
 
 def test_wrong_answers_are_counted_apart_and_make_the_run_untrusted():
     from fixtures.measure.rounds import RoundPolicy, stability
-    from fixtures.measure.verdicts import untrusted_reason
+    from fixtures.measure.validity import untrusted_reason
 
     wrong = RequestResult(ok=False, status=200, latency_s=0.01, error="top-1 281, expected 207", kind=WRONG_ANSWER, check_s=2e-5)
     s = summarize([ok(0.01), wrong, failed()], wall_s=1.0)
@@ -98,7 +98,7 @@ def test_wrong_answers_are_counted_apart_and_make_the_run_untrusted():
 
 
 def test_a_soak_whose_server_memory_keeps_growing_fails_as_a_leak():
-    from fixtures.measure.verdicts import rss_growth_problem
+    from fixtures.measure.validity import rss_growth_problem
 
     mib = 2**20
     warm_then_flat = [500 * mib, 580 * mib, 585 * mib, 590 * mib]  # the first chunk warms allocator pools: not counted

@@ -226,7 +226,7 @@ def test_no_in_process_measurement_runs_while_a_server_of_the_session_is_alive(t
     client ceiling, both direct ceilings) is taken while no server runs. pytest tears the previous spec's server
     down only when the next one is set up, after the next test's other fixtures, so the second file's direct
     ceilings used to be measured beside the first file's server (on a GPU, failing its leak check)."""
-    in_process = ("device_peaks", "harness_ceiling", "classifier_ceilings", "litapi_ceilings")
+    in_process = ("device_peaks", "client_ceiling", "case_ceilings")
     log = tmp_path / "fixtures.log"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/bench", "-q", "--benchmark-disable", "-p", "no:cacheprovider",

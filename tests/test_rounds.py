@@ -11,7 +11,7 @@ import pytest
 
 from fixtures.drive.server import REPO_ROOT
 from fixtures.measure.rounds import RoundPolicy, ci95_half_width_rel, run_until_stable, stability
-from fixtures.measure.verdicts import untrusted_reason
+from fixtures.measure.validity import untrusted_reason
 
 
 def run(figures, policy):

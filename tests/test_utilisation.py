@@ -32,7 +32,7 @@ def test_a_cpu_hog_beside_a_benchmark_marks_the_run_disturbed_and_invalid():
     from types import SimpleNamespace
 
     from fixtures.measure.utilisation import DISTURBED_CORES
-    from fixtures.measure.verdicts import untrusted_reason
+    from fixtures.measure.validity import untrusted_reason
 
     hog = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 30\nwhile time.time() < end: pass"])
     try:

@@ -77,5 +77,5 @@ def test_with_option_replaces_one_value_in_place_and_refuses_an_unknown_flag():
     changed = spec.with_option("max-batch-size", 4)
     assert [flag for flag, _ in changed.options] == [flag for flag, _ in spec.options]
     assert changed.option("max-batch-size") == 4 and changed.name == spec.name
-    with pytest.raises(KeyError, match="no option 'bench-max-tokens'"):
-        spec.with_option("bench-max-tokens", 4)
+    with pytest.raises(KeyError, match="no option 'warmup-tokens'"):
+        spec.with_option("warmup-tokens", 4)

@@ -25,14 +25,14 @@ def _cases():
             for concurrency in tier.concurrency:
                 case_id = f"{spec.name}-c{concurrency}"
                 smoke = [pytest.mark.gpu_smoke] if case_id in gpu_smoke_ids() else []
-                yield pytest.param(tier, spec, concurrency, marks=marks + smoke, id=case_id)
+                yield pytest.param(ClassifierCase(tier, spec), spec, concurrency, marks=marks + smoke, id=case_id)
 
 
 # scope="session": one server per spec across its concurrency levels (fixtures/drive/ordering.py).
 @pytest.mark.benchmark(group="classifier")
-@pytest.mark.parametrize("tier, server, concurrency", list(_cases()), indirect=["server"], scope="session")
-def test_classifier_throughput(request, benchmark, classifier_ceilings, harness_ceiling, floor_failures, machine_class,
-                               save_record, tier, server, concurrency):
+@pytest.mark.parametrize("case, server, concurrency", list(_cases()), indirect=["server"], scope="session")
+def test_classifier_throughput(request, benchmark, case_ceilings, client_ceiling, floor_failures, machine_class,
+                               save_record, case, server, concurrency):
     # The ceilings come before server in the signature: measured before any server starts.
-    closed_loop_benchmark(request, benchmark, ClassifierCase(tier, server.spec), server, concurrency,
-                          ceilings_of(classifier_ceilings, server.spec.name), harness_ceiling, floor_failures, machine_class, save_record)
+    closed_loop_benchmark(request, benchmark, case, server, concurrency, ceilings_of(case_ceilings, server.spec.name),
+                          client_ceiling, floor_failures, machine_class, save_record)

@@ -12,7 +12,7 @@ from fixtures.drive.load import soak
 from fixtures.drive.request_log import request_rows
 from fixtures.measure.knee import Capacity, bracket_only, find_knee, knee_rate_cap, open_loop_p99, probe_capacity
 from fixtures.measure.metrics import error_breakdown
-from fixtures.measure.verdicts import rss_growth_problem
+from fixtures.measure.validity import rss_growth_problem
 from fixtures.record.records import framework_record, knee_record, open_loop_record, soak_record
 from fixtures.variants import CLASSIFIER_TIERS, LOAD_MODEL_TIERS, classifier_variants, fastapi_comparison_specs
 
@@ -52,7 +52,7 @@ def _poisson_cases():
 
 @pytest.mark.benchmark(group="open-loop")
 @pytest.mark.parametrize("load, server, fraction", list(_poisson_cases()), indirect=["server"], scope="session")
-def test_poisson_open_loop(benchmark, harness_ceiling, figures_by_id, save_record, load, server, fraction):
+def test_poisson_open_loop(benchmark, client_ceiling, figures_by_id, save_record, load, server, fraction):
     """Poisson arrivals at a fraction of the spec's measured capacity: the same share of its load on any machine."""
     runs = []
     with _client(server, load) as client:
@@ -62,7 +62,7 @@ def test_poisson_open_loop(benchmark, harness_ceiling, figures_by_id, save_recor
         benchmark.pedantic(lambda: runs.append(client.poisson(capacity.at(fraction), load.poisson_seconds, seed=0)),
                            rounds=3, iterations=1, warmup_rounds=0)
     figures = save_record(open_loop_record(spec=server.spec, capacity=capacity, fraction=fraction, seed=0, runs=runs,
-                                           slo_s=load.slo_p99_s, client_ceiling=harness_ceiling, warmup=WARMUP),
+                                           slo_s=load.slo_p99_s, client_ceiling=client_ceiling, warmup=WARMUP),
                           requests=request_rows(runs))
     assert figures["errors"] == 0, f"{error_breakdown([r for run in runs for r in run.results])}; server {server.state()}"
 
@@ -79,9 +79,9 @@ def knee_policy(load, smoke: bool):
     return bracket_only(load.knee) if smoke else load.knee
 
 
-def _search(client, capacity, load, harness_ceiling, policy):
+def _search(client, capacity, load, client_ceiling, policy):
     return find_knee(open_loop_p99(client, policy), capacity.rps, load.slo_p99_s, policy,
-                     client_ceiling_rps=knee_rate_cap(harness_ceiling))
+                     client_ceiling_rps=knee_rate_cap(client_ceiling))
 
 
 def assert_knee_found(search, policy, name):
@@ -97,7 +97,7 @@ def assert_knee_found(search, policy, name):
 
 @pytest.mark.benchmark(group="slo")
 @pytest.mark.parametrize("load, server", list(_knee_cases()), indirect=["server"], scope="session")
-def test_max_rate_at_slo(request, benchmark, harness_ceiling, figures_by_id, save_record, load, server):
+def test_max_rate_at_slo(request, benchmark, client_ceiling, figures_by_id, save_record, load, server):
     """The highest Poisson rate whose p99 meets the SLO, searched from the spec's measured capacity
     (fixtures/measure/knee.py). The benchmark's time is the search's, not a figure: max_rate_at_slo in extra_info is."""
     found = []
@@ -105,7 +105,7 @@ def test_max_rate_at_slo(request, benchmark, harness_ceiling, figures_by_id, sav
         client.closed_loop(16, concurrency=4)  # warm-up
         capacity = _capacity(figures_by_id, client, server.spec, load)
         policy = knee_policy(load, benchmark.disabled)
-        benchmark.pedantic(lambda: found.append(_search(client, capacity, load, harness_ceiling, policy)), rounds=1,
+        benchmark.pedantic(lambda: found.append(_search(client, capacity, load, client_ceiling, policy)), rounds=1,
                            iterations=1)
     search = found[0]
     save_record(knee_record(spec=server.spec, search=search, policy=policy, capacity=capacity, warmup=WARMUP))
@@ -121,7 +121,7 @@ def _soak_cases():
 
 @pytest.mark.benchmark(group="soak")
 @pytest.mark.parametrize("load, server", list(_soak_cases()), indirect=["server"], scope="session")
-def test_soak_memory(request, benchmark, harness_ceiling, figures_by_id, save_record, load, server):
+def test_soak_memory(request, benchmark, client_ceiling, figures_by_id, save_record, load, server):
     """Open-loop Poisson load at soak_fraction of the knee for soak_seconds, the server's RSS read between
     chunks: RSS growing past the tier's bound from the first chunk to the last is a leak. The knee is this
     session's of the same spec (searched here when that test did not run; a client-bound search gives the
@@ -131,7 +131,7 @@ def test_soak_memory(request, benchmark, harness_ceiling, figures_by_id, save_re
         knee = request.config.stash.get(KNEE, {}).get(server.spec.name)
         if knee is None:
             policy = knee_policy(load, benchmark.disabled)
-            search = _search(client, _capacity(figures_by_id, client, server.spec, load), load, harness_ceiling, policy)
+            search = _search(client, _capacity(figures_by_id, client, server.spec, load), load, client_ceiling, policy)
             assert_knee_found(search, policy, server.spec.name)
             knee = search.highest_met
         rate = load.soak_fraction * knee
