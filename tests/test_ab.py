@@ -2,6 +2,7 @@
 and one real run where HEAD is a commit whose server is slower on purpose, served from its own worktree."""
 
 import json
+import math
 import random
 import subprocess
 
@@ -130,7 +131,25 @@ def test_the_summary_page_shows_the_newest_ab_table(tmp_path):
     (tmp_path / RESULTS_FOLDER / "20261130-000000-aaaaaaaa-bbbbbbbb.json").write_text(json.dumps(result))
     page = summary_for_storage(tmp_path)
     assert "A/B: `bbbbbbbb` (HEAD) against `aaaaaaaa` (origin/main): **FAIL: slower**" in page
-    assert "| cpu-batch_workers-c8 | rps |" in page and "slower **(fails)**" in page
+    assert "| cpu-batch_workers-c8 | rps |" in page and "**(fails: past 5%)**" in page
+    # its reach, in the job summary and on the summary page alike
+    assert f"every figure could tell a change of {slower.detectable:.1%} or more from none" in page
+
+
+def test_every_comparison_states_the_smallest_change_it_could_detect():
+    """'No change beyond the noise' said nothing of how large a change the noise could hide: now it reads 'no change
+    larger than X%', X the interval's half width (a true change of X puts 1 at the interval's edge)."""
+    from dataclasses import asdict
+
+    from fixtures.track.ab_verdict import reading
+
+    quiet = compare_launches("rps", _launches([1.0] * 6, noise=0.002))
+    noisy = compare_launches("rps", _launches([0.9, 1.1, 0.95, 1.05, 0.93, 1.08]))
+    for c in (quiet, noisy):
+        assert c.detectable == pytest.approx(math.exp((math.log(c.ratio_high) - math.log(c.ratio_low)) / 2) - 1)
+    assert quiet.detectable < 0.01 < 0.05 < noisy.detectable < 0.15
+    assert reading(asdict(noisy)) == f"no change larger than {noisy.detectable:.1%}"
+    assert compare_launches("rps", _launches([0.5] * 3)).detectable is None  # no interval, no reach
 
 
 def test_a_figure_marked_ab_in_the_catalogue_reaches_the_a_b_without_an_edit_to_it(monkeypatch):
