@@ -155,4 +155,4 @@ def test_the_compiled_llm_recipes_run_in_a_job_of_their_own_and_every_llm_benchm
     bench = " ".join(_runs(workflow["jobs"]["llm"]))
     assert 'llm) selection="gpu and ((llm and not compile) or relation)"' in bench
     assert 'llm-compiled) selection="gpu and ((llm and compile) or relation)"' in bench
-    assert workflow["jobs"]["llm"]["timeout-minutes"] == 45 and workflow["jobs"]["llm-compiled"]["timeout-minutes"] == 90
+    assert workflow["jobs"]["llm"]["timeout-minutes"] == 45 and workflow["jobs"]["llm-compiled"]["timeout-minutes"] == 100
