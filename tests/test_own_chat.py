@@ -72,6 +72,7 @@ def test_a_new_streaming_litapi_needs_one_server_file_and_one_short_test(tmp_pat
         assert record["tokens_per_s_aggregate"] > 0 and record["model"] == "servers.tiny_chat:TinyChat"
         # api/direct: all users' tokens/s over the user's own code in-process at the batch the level forms (1 here)
         assert record["api_over_direct_basis"] == AT_LEVEL_BATCH and record["direct_tokens_per_s_at_level"] > 0
+        assert 0 < record["direct_ttft_ms"] < record["ttft_p50_ms"]  # in-process, no HTTP: below the served TTFT
         assert record["api_over_direct"] == pytest.approx(record["tokens_per_s_served"] / record["direct_tokens_per_s_at_level"])
         # The decode roofline of the module it named: its fp32 bytes (no transformers config: no KV cache), and per
         # step the FLOPs of its two Linear layers (FlopCounterMode; an embedding lookup counts none).
