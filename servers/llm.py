@@ -218,11 +218,6 @@ class SuppressTokens:
         return scores.masked_fill_(self.mask, float("-inf"))
 
 
-def needs_sync(device: str) -> bool:
-    """Whether timing on this device must synchronise (LitServe hands a worker 'cuda:0', not 'cuda')."""
-    return device_type(device) == "cuda"
-
-
 class TokenQueue:
     """A transformers streamer that hands every generated token id to a queue (TextIteratorStreamer
     buffers to word boundaries, which would hide the inter-token latency); with per_step, one list of ids per

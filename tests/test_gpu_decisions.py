@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from fixtures.variants import llm_variants
-from servers.llm import GenerationFailed, compile_config, compile_plan, needs_sync, stream_tokens
+from servers.llm import GenerationFailed, compile_config, compile_plan, stream_tokens
 from servers.llm_models import RECIPES, torchao_config
 from servers.runtime import device_type
 
 
 def test_litserve_s_device_string_is_cuda():
     assert device_type("cuda:0") == device_type("cuda") == "cuda" and device_type("cpu") == "cpu"
-    assert needs_sync("cuda:0") and not needs_sync("cpu")
 
 
 def test_int4_on_a_litserve_cuda_worker_picks_the_cuda_config():
