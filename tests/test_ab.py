@@ -160,6 +160,7 @@ def test_a_figure_marked_ab_in_the_catalogue_reaches_the_a_b_without_an_edit_to_
 
     import fixtures.record.figures as catalogue
     from fixtures.ab import Side
+    from fixtures.closed_loop import REQUEST_RESPONSE
     from fixtures.drive.load import LoadRun, RequestResult
     from fixtures.track.ab_verdict import judge
 
@@ -173,7 +174,7 @@ def test_a_figure_marked_ab_in_the_catalogue_reaches_the_a_b_without_an_edit_to_
 
     def rounds(scale):
         side = Side.__new__(Side)
-        side.case = SimpleNamespace(kind="closed_loop", concurrency=1)
+        side.case, side.shape = SimpleNamespace(kind="closed_loop", concurrency=1), REQUEST_RESPONSE
         side.client, side.energy_sources, side.server = Client(scale), ([], "none in this test"), None
         return [side.round(100) for _ in range(3)]
 

@@ -83,7 +83,8 @@ def test_nothing_refers_to_a_file_outside_the_repository():
 # ceilings), record (what a benchmark saves and asserts), track (runs across commits), then the top-level modules
 # in this order, and setup (first-run checks) and the plugin above everything. A module imports only from its own
 # group (without cycles) and from groups below it.
-FIXTURE_LAYERS = ("drive", "measure", "record", "track", "variants", "closed_loop", "streaming", "litapi", "chat",
+FIXTURE_LAYERS = ("drive", "measure", "record", "track", "variants", "closed_loop", "streaming", "load_models", "litapi",
+                  "chat",
                   "expected_relations",
                   "ab", "setup", "plugin")
 

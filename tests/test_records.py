@@ -10,7 +10,7 @@ import pytest
 
 from fixtures.measure.knee import Capacity, KneePolicy, find_knee
 
-from fixtures.closed_loop import ClosedLoopMeasurement
+from fixtures.closed_loop import Measurement
 from fixtures.drive.load import WRONG_ANSWER, LoadRun, RequestResult
 from fixtures.drive.stream import StreamResult
 from fixtures.measure.ceilings import ClassifierCeilings
@@ -50,7 +50,7 @@ def batch_workers_record(runs):
     spec = classifier_specs("cpu")["batch_workers"]
     served = classifier.config_from_args(classifier.parse_args(spec.argv(0)[2:]))
     rounds = stability([len([r for r in run.results if r.ok]) / run.wall_s for run in runs], RoundPolicy(3, 0.10, 8))
-    measured = ClosedLoopMeasurement(runs, rounds, round_requests=100, batches={"0": {"4": 20, "3": 5}},
+    measured = Measurement(runs, rounds, round_requests=100, batches={"0": {"4": 20, "3": 5}},
                                      rss_before=300 * 2**20, rss_after=301 * 2**20, throttle=QUIET, utilisation=IDLE,
                                      serving={"accelerator": "cpu", "threads_per_worker": 1, "transport": "mp",
                                               "fast_queue": True})

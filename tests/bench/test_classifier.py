@@ -35,4 +35,5 @@ def test_classifier_throughput(request, benchmark, case_ceilings, client_ceiling
                                save_record, case, server, concurrency):
     # The ceilings come before server in the signature: measured before any server starts.
     closed_loop_benchmark(request, benchmark, case, server, concurrency, ceilings_of(case_ceilings, server.spec.name),
-                          client_ceiling, floor_failures, machine_class, save_record)
+                          client_ceiling=client_ceiling, floor_failures=floor_failures, machine_class=machine_class,
+                          save_record=save_record)

@@ -1,6 +1,7 @@
 """LLM decode speed through the OpenAI-compatible streaming API: every recipe at one user (batch 1, one request at
 a time: test_llm_decode, the seeds' question) and under a closed loop of several users (test_llm_concurrency).
-The benchmark itself is every streaming benchmark's (fixtures/streaming.py); a recipe's case serves servers/llm.py
+The benchmark itself is every benchmark's, in its streaming shape (fixtures/closed_loop.py, fixtures/streaming.py);
+a recipe's case serves servers/llm.py
 and times the same LitAPI class in the pytest process for its direct ceiling (fixtures.measure.ceilings.chat_ceilings),
 with the decode roofline from the model's own facts (servers.llm_models.model_facts).
 """
@@ -10,11 +11,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from fixtures.closed_loop import closed_loop_benchmark
 from fixtures.drive.answers import checked_llm_client, llm_bench_body
 from fixtures.litapi import Serving
 from fixtures.measure.ceilings import ceilings_of
 from fixtures.record.records import own_recipe
-from fixtures.streaming import direct_decode, streaming_benchmark
+from fixtures.streaming import STREAMING, direct_decode, stream_record
 from fixtures.variants import LLM_SMOKE_MAX_TOKENS, LLM_TIERS, gpu_smoke_ids, llm_variants
 from servers.llm import PADDING_PATH
 from servers.llm_models import RECIPES
@@ -24,14 +26,14 @@ ANSWER_CHECK = "one content chunk per usage token, a finish reason, exactly max_
 
 @dataclass(frozen=True)
 class RecipeCase:
-    """A recipe of servers/llm.py on one tier, as fixtures.streaming.streaming_benchmark and the plugin's
-    case_ceilings ask of a case."""
+    """A recipe of servers/llm.py on one tier, as fixtures.closed_loop.closed_loop_benchmark (its streaming shape)
+    and the plugin's case_ceilings ask of a case."""
 
     tier: object  # fixtures.variants.LLMTier
     spec: object  # its fixtures.drive.spec.ServerSpec (fixtures.variants.llm_variants)
     answer_check: str = ANSWER_CHECK
     padding_path: str = PADDING_PATH
-    kind = "llm"
+    shape = STREAMING
 
     @property
     def recipe(self):
@@ -79,7 +81,10 @@ class RecipeCase:
                 "roofline_basis": "bytes and FLOPs of a decode step from the model's stored weights and KV cache "
                                   "(servers.llm_models.model_facts)"}
 
-    def direct(self, server, max_tokens: int, concurrency: int, ceilings):
+    def record(self, measured, **context) -> dict:
+        return stream_record(self, measured, **context)
+
+    def direct(self, max_tokens: int, concurrency: int, ceilings):
         assert ceilings.max_tokens == max_tokens, f"the direct ceiling generated {ceilings.max_tokens} tokens a request"
         return direct_decode(ceilings, self.serving, concurrency, "the recipe's generate in-process")
 
@@ -107,13 +112,15 @@ def _cases(sweep: bool):
 @pytest.mark.parametrize("case, server, concurrency", list(_cases(sweep=False)), indirect=["server"], scope="session")
 def test_llm_decode(request, benchmark, device_peaks, case_ceilings, floor_failures, machine_class, save_record, case,
                     server, concurrency):
-    streaming_benchmark(request, benchmark, case, server, concurrency, device_peaks, floor_failures, machine_class,
-                        save_record, ceilings_of(case_ceilings, server.spec.name))
+    closed_loop_benchmark(request, benchmark, case, server, concurrency, ceilings_of(case_ceilings, server.spec.name),
+                          device_peaks=device_peaks, floor_failures=floor_failures, machine_class=machine_class,
+                          save_record=save_record)
 
 
 @pytest.mark.benchmark(group="llm-concurrency")
 @pytest.mark.parametrize("case, server, concurrency", list(_cases(sweep=True)), indirect=["server"], scope="session")
 def test_llm_concurrency(request, benchmark, device_peaks, case_ceilings, floor_failures, machine_class, save_record,
                          case, server, concurrency):
-    streaming_benchmark(request, benchmark, case, server, concurrency, device_peaks, floor_failures, machine_class,
-                        save_record, ceilings_of(case_ceilings, server.spec.name))
+    closed_loop_benchmark(request, benchmark, case, server, concurrency, ceilings_of(case_ceilings, server.spec.name),
+                          device_peaks=device_peaks, floor_failures=floor_failures, machine_class=machine_class,
+                          save_record=save_record)
