@@ -106,9 +106,9 @@ clean:
 # This machine's floors: its tier run CALIBRATE_RUNS times (saved), then floors.toml written for its
 # machine class only (fixtures/record/calibrate.py). Commit floors.toml afterwards.
 CALIBRATE_RUNS ?= 3
-CALIBRATE_MARGIN ?= 0.3
+CALIBRATE_FALSE_ALARM ?= 0.05
 calibrate: install
-	HF_HUB_OFFLINE=1 $(PY) -m fixtures.record.calibrate --calibrate --runs $(CALIBRATE_RUNS) --margin $(CALIBRATE_MARGIN)
+	HF_HUB_OFFLINE=1 $(PY) -m fixtures.record.calibrate --calibrate --runs $(CALIBRATE_RUNS) --false-alarm $(CALIBRATE_FALSE_ALARM)
 
 # Whether the torch make install would choose for this driver is on its index, asked of the index before anything
 # is installed (pip's finder reads the index page; no wheel is downloaded); exit 1 naming the fix when it is not.

@@ -2,6 +2,7 @@
 other classes stay as they were, provenance is kept, and untrusted runs give no floors."""
 
 import json
+import statistics
 
 import pytest
 
@@ -9,6 +10,7 @@ from fixtures.measure.machine import GENERATION_NOT_RECORDED, cpu_generation, cp
 from fixtures.record import calibrate as calibrate_module
 from fixtures.record.calibrate import CalibrationError, calibrated_floors, merge_floors
 from fixtures.record.floors import find_floor, load_floors
+from fixtures.record.noise import pooled_spread
 
 AMD = {"cpu_info": {"model": "AMD EPYC", "vendor": "AuthenticAMD", "cpu_family": "25", "cpu_model": "17",
                     "usable_cores": 2, "isa": "avx512_bf16"}, "cuda_devices": []}
@@ -43,22 +45,28 @@ def test_the_gpu_class_is_the_visible_gpus_name_and_count():
         == "gpu/1x unknown (no NVML)"
 
 
-def test_calibration_takes_the_lowest_run_less_the_margin_and_keeps_the_range():
-    cls, entries = calibrated_floors([saved_run(AMD, 130.0), saved_run(AMD, 100.0), saved_run(AMD, 120.0)], "cpu", 0.3)
-    assert cls == AMD_CLASS
-    assert entries["cpu-baseline-c8"]["min_rps"] == 70.0 and entries["cpu-baseline-c8"]["range_rps"] == [100.0, 130.0]
-    assert entries["cpu-baseline-c8"]["min_api_over_direct"] == 0.7
-    assert entries["cpu-llm_eager_bf16"]["min_tokens_per_s"] == pytest.approx(12.6)
+def test_calibration_takes_the_lowest_run_less_k_spreads_and_keeps_the_range():
+    """The rule's own arithmetic is tests/test_noise.py's; here: what lands where."""
+    cls, entries, rule = calibrated_floors([saved_run(AMD, 130.0), saved_run(AMD, 100.0), saved_run(AMD, 120.0)], "cpu")
+    assert cls == AMD_CLASS and "k = " in rule
+    baseline = entries["cpu-baseline-c8"]
+    assert baseline["range_rps"] == [100.0, 130.0] and 0 < baseline["min_rps"] < 100.0
+    own = statistics.stdev([130.0, 100.0, 120.0]) / statistics.fmean([130.0, 100.0, 120.0])
+    assert baseline["spread_rps"] == pytest.approx(max(own, pooled_spread([(own, 3)])), rel=1e-2)
+    assert 0 < baseline["min_api_over_direct"] < 1.0 and "spread_api_over_direct" in baseline  # its own spread
+    assert entries["cpu-llm_eager_bf16"]["range_tokens_per_s"] == [18.0, 18.0]
     assert "x" not in entries  # open-loop figures are not floored
 
 
 def test_calibration_refuses_invalid_runs_and_mixed_classes():
     with pytest.raises(CalibrationError, match="invalid.*round CV"):
-        calibrated_floors([saved_run(AMD, 130.0), saved_run(AMD, 100.0, valid=False)], "cpu", 0.3)
+        calibrated_floors([saved_run(AMD, 130.0), saved_run(AMD, 100.0, valid=False)], "cpu")
     with pytest.raises(CalibrationError, match="several machine classes"):
-        calibrated_floors([saved_run(AMD, 130.0), saved_run(XEON, 100.0)], "cpu", 0.3)
+        calibrated_floors([saved_run(AMD, 130.0), saved_run(XEON, 100.0)], "cpu")
     with pytest.raises(CalibrationError, match="no saved runs"):
-        calibrated_floors([], "cpu", 0.3)
+        calibrated_floors([], "cpu")
+    with pytest.raises(CalibrationError, match="one run gives no spread"):
+        calibrated_floors([saved_run(AMD, 130.0)], "cpu")
 
 
 def test_writing_merges_with_other_classes_and_keeps_provenance(tmp_path):
@@ -74,10 +82,10 @@ def test_writing_merges_with_other_classes_and_keeps_provenance(tmp_path):
     assert written["cpu/Intel(R) Xeon(R) Processor/2c/amx"]["cpu-baseline-c8"] == {"min_rps": 37.7}
     amd = written[AMD_CLASS]
     assert amd["runs"] == ["0001_abc.json", "0002_abc.json", "0003_abc.json"] and amd["commit"] == "abc1234"
-    assert "AMD EPYC" in amd["machine"] and amd["measured"] and "30%" in amd["margin"]
+    assert "AMD EPYC" in amd["machine"] and amd["measured"] and "lowest of 3 runs x (1 - k x spread)" in amd["margin"]
     # Floors written from saved runs say so (they said --calibrate, a command that did not run).
     assert amd["command"] == "python -m fixtures.record.calibrate --from-runs 0001_abc.json 0002_abc.json 0003_abc.json"
-    assert find_floor(written, AMD_CLASS, "cpu-baseline-c8").minimums["rps"] == 70.0
+    assert find_floor(written, AMD_CLASS, "cpu-baseline-c8").minimums["rps"] == amd["cpu-baseline-c8"]["min_rps"]
     # An invalid run: nothing is written, the file is as it was.
     before = path.read_text()
     runs[0].write_text(json.dumps(saved_run(AMD, 1.0, valid=False)))

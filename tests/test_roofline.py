@@ -126,7 +126,7 @@ def test_floor_lookup():
     assert floor.provenance == {"machine": "2-core Xeon", "measured": "2026-11-23", "margin": "30%"}
     assert find_floor(FLOORS, "cpu/Xeon/2c/amx", "cpu-baseline-c1") is None
     assert find_floor(FLOORS, "NVIDIA H100 80GB HBM3", "cpu-batched-c8") is None
-    with pytest.raises(ValueError, match="must start with min_ or range_"):
+    with pytest.raises(ValueError, match="must start with min_, range_ or spread_"):
         find_floor({"cpu": {"x": {"rps": 1}}}, "cpu", "x")
 
 
