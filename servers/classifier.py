@@ -25,8 +25,8 @@ from fastapi import HTTPException
 
 from servers.pretrained import PRETRAINED, build_pretrained
 from servers.pretrained import labels as pretrained_labels
-from servers.runtime import (BatchSizeCounts, RecordThreadPools, ThreadPoolReport, add_stats_routes, prepare_main_process,
-                             prepare_worker, resolve_device, serve)
+from servers.runtime import (BatchSizeCounts, RecordThreadPools, Slowdown, ThreadPoolReport, add_stats_routes,
+                             prepare_main_process, prepare_worker, resolve_device, serve)
 from servers.validation import BodyValidator, RequestRejected, parse_json_object
 
 log = logging.getLogger("servers.classifier")
@@ -63,6 +63,7 @@ class ClassifierConfig:
     pin_memory: bool = False  # CUDA: stack batches into a pinned host buffer, copy to the GPU asynchronously
     pretrained: Optional[str] = None  # a name in servers.pretrained.PRETRAINED: real weights and labels
     predict_delay_s: float = 0.0  # test-only: each predict sleeps this long first (a server slower on purpose)
+    slowdown: float = 0.0  # test-only: each predict then does this fraction of its own time again (servers.runtime.Slowdown)
 
 
 def torch_dtype(precision: str):
@@ -245,10 +246,13 @@ class ClassifierAPI(ls.LitAPI):
             self.batch_counts.record(x.shape[0])
         if self.config.predict_delay_s:
             time.sleep(self.config.predict_delay_s)
+        started = time.perf_counter()
         with torch.inference_mode():
             logits = self.model(self.to_model_input(x))
             top = torch.softmax(logits.float(), dim=-1).topk(min(self.config.top_k, logits.shape[-1]), dim=-1)
         probs, indices = top.values.cpu(), top.indices.cpu()  # .cpu() also synchronises CUDA
+        if self.config.slowdown:
+            Slowdown(self.config.slowdown).after(started)
         results = [list(zip(i.tolist(), p.tolist())) for i, p in zip(indices, probs)]
         return results[0] if single else results
 
@@ -310,6 +314,8 @@ def parse_args(argv=None):
     p.add_argument("--pin-memory", action="store_true", help="CUDA: batches in pinned host memory, copied asynchronously")
     p.add_argument("--predict-delay-ms", type=float, default=0.0,
                    help="test-only: sleep this long in each predict (a server slower on purpose, for the harness's tests)")
+    p.add_argument("--slowdown", type=float, default=0.0,
+                   help="test-only: each predict does this fraction of its own time again, busy (0.03: 3%% slower anywhere)")
     return p.parse_args(argv)
 
 
@@ -325,6 +331,7 @@ def config_from_args(args) -> ClassifierConfig:
         labels=args.labels, pretrained=args.pretrained, precision=args.precision, threads=args.threads, top_k=args.top_k,
         max_pixels=args.max_pixels, channels_last=args.channels_last, compile=args.compile,
         decode_threads=args.decode_threads, pin_memory=args.pin_memory, predict_delay_s=args.predict_delay_ms / 1000,
+        slowdown=args.slowdown,
     )
 
 

@@ -25,8 +25,8 @@ from fastapi import HTTPException
 from litserve.specs.openai import OpenAISpec
 
 from servers.llm_models import MODELS, RECIPES, apply_inductor_settings, inductor_settings, load, model_facts
-from servers.runtime import (BatchSizeCounts, PrepareWorker, RecordThreadPools, ThreadPoolReport, add_stats_routes, device_type,
-                             prepare_main_process, resolve_device, serve)
+from servers.runtime import (BatchSizeCounts, PrepareWorker, RecordThreadPools, Slowdown, ThreadPoolReport, add_stats_routes,
+                             device_type, prepare_main_process, resolve_device, serve)
 from servers.validation import BodyValidator, RequestRejected
 
 ROLES = {"system", "user", "assistant", "tool"}
@@ -119,10 +119,11 @@ class Generation:
     request reuses the same buffers and the same compiled decode graph (transformers builds a new cache on
     every generate() it is not given one)."""
 
-    def __init__(self, model, tokenizer, device: str, static_compile: bool, context: int):
+    def __init__(self, model, tokenizer, device: str, static_compile: bool, context: int, slowdown: float = 0.0):
         import torch
 
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.slowdown = slowdown  # test-only: each decode step does this fraction of its own time again
         # Every generation (warm-up, the direct timing, every request) runs on this one thread: CUDA graph
         # trees are kept per thread, so the API path replays the graphs the direct ceiling measured; and
         # torch 2.14's inductor settings are per thread (ContextVars), so they are set on this thread, the
@@ -153,8 +154,13 @@ class Generation:
             return self.model.generate(
                 prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
                 min_new_tokens=max_new_tokens if exact else None, streamer=streamer,
-                pad_token_id=self.tokenizer.eos_token_id, **sampling, **self.generate_kwargs,
+                pad_token_id=self.tokenizer.eos_token_id, logits_processor=self.slowed([]), **sampling,
+                **self.generate_kwargs,
             )
+
+    def slowed(self, processors: list) -> list:
+        """The logits processors, and a Slowdown per decode step where asked (servers.runtime.Slowdown)."""
+        return processors + ([Slowdown(self.slowdown)] if self.slowdown else [])
 
     def generate_batch(self, prompts: list, max_new_tokens: int, ignore_eos: list, streamer=None):
         """Greedy generation of several prompts together (1-D id tensors), left-padded with an attention mask,
@@ -163,7 +169,7 @@ class Generation:
 
         ids, mask = left_padded(prompts, self.pad_id)
         eos = self.model.generation_config.eos_token_id
-        processors = [SuppressTokens([row for row, ignore in enumerate(ignore_eos) if ignore], eos)]
+        processors = self.slowed([SuppressTokens([row for row, ignore in enumerate(ignore_eos) if ignore], eos)])
         with torch.inference_mode():
             return self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, streamer=streamer,
                                        pad_token_id=self.pad_id, do_sample=False, logits_processor=processors)
@@ -302,10 +308,11 @@ class LLMAPI(ls.LitAPI):
 
     def __init__(self, model: str = "smollm2-135m", recipe: str = "eager_bf16", context: int = 256,
                  default_max_tokens: int = 64, warmup_tokens: int = 32, token_timeout: float = 60.0,
-                 batch_counts: Optional[BatchSizeCounts] = None, padding: Optional["PaddingCounts"] = None, **kwargs):
+                 batch_counts: Optional[BatchSizeCounts] = None, padding: Optional["PaddingCounts"] = None,
+                 slowdown: float = 0.0, **kwargs):
         super().__init__(spec=OpenAISpec(), **kwargs)
         self.args = SimpleNamespace(model=model, recipe=recipe, context=context, default_max_tokens=default_max_tokens,
-                                    warmup_tokens=warmup_tokens, token_timeout=token_timeout)
+                                    warmup_tokens=warmup_tokens, token_timeout=token_timeout, slowdown=slowdown)
         self.batch_counts = batch_counts or BatchSizeCounts(1, self.max_batch_size)
         self.padding = padding or PaddingCounts()
 
@@ -315,7 +322,8 @@ class LLMAPI(ls.LitAPI):
         self.recipe = RECIPES[args.recipe]
         self.tokenizer, self.model = load(args.model, self.recipe, device)
         # A fixed-size static cache (--context): one compiled decode graph for every request.
-        self.generation_plan = Generation(self.model, self.tokenizer, device, self.recipe.static_compile, args.context)
+        self.generation_plan = Generation(self.model, self.tokenizer, device, self.recipe.static_compile, args.context,
+                                          args.slowdown)
         self.generation = self.generation_plan.thread
         prompt = self.prompt_ids(WARMUP_MESSAGES)
         for _ in range(2):  # warm-up before serving: compile, allocator, kernel choice
@@ -428,6 +436,8 @@ def parse_args(argv=None):
     p.add_argument("--max-tokens-limit", type=int, default=192, help="largest max_tokens a request may ask")
     p.add_argument("--default-max-tokens", type=int, default=64)
     p.add_argument("--warmup-tokens", type=int, default=32, help="tokens each of the worker's two start-up warm-ups generates")
+    p.add_argument("--slowdown", type=float, default=0.0,
+                   help="test-only: each decode step does this fraction of its own time again, busy (0.03: 3%% slower anywhere)")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--max-batch-size", type=int, default=1, help="above 1: batched generation (BatchedLLMAPI)")
     p.add_argument("--batch-timeout", type=float, default=0.0, help="seconds LitServe waits to fill a batch")
@@ -446,7 +456,8 @@ def main(argv=None):
     api_class = BatchedLLMAPI if args.max_batch_size > 1 else LLMAPI
     api = api_class(model=args.model, recipe=args.recipe, context=args.context, default_max_tokens=args.default_max_tokens,
                     warmup_tokens=args.warmup_tokens, token_timeout=args.token_timeout, batch_counts=batch_counts,
-                    padding=padding, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+                    padding=padding, slowdown=args.slowdown, max_batch_size=args.max_batch_size,
+                    batch_timeout=args.batch_timeout)
     server = ls.LitServer(
         api, accelerator=device, devices=1, workers_per_device=1, timeout=args.timeout,
         middlewares=[(BodyValidator, {"path": "/v1/chat/completions", "max_body_bytes": 4 * 2**20,

@@ -10,6 +10,7 @@ import os
 import platform
 import signal
 import sys
+import time
 
 import litserve as ls
 
@@ -153,6 +154,33 @@ def device_type(device) -> str:
     import torch
 
     return torch.device(device).type
+
+
+def spin(seconds: float) -> None:
+    """Keep this core busy for `seconds`: work, as a slower model would do it (a sleep would free the core for
+    another worker, and slow the server by less than asked)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class Slowdown:
+    """Test-only: the server made slower by a fraction of its own work, so that "3% slower" means the same on any
+    machine (the A/B's reach is measured with it: fixtures/ab.py --head-option slowdown=0.03). after(started)
+    spins `fraction` of the time since `started`; as a transformers logits processor it spins `fraction` of each
+    decode step (the time since its previous call, the first one since generation began)."""
+
+    def __init__(self, fraction: float):
+        self.fraction = fraction
+        self.last = time.perf_counter()
+
+    def after(self, started: float) -> None:
+        spin(self.fraction * (time.perf_counter() - started))
+
+    def __call__(self, input_ids, scores):
+        self.after(self.last)
+        self.last = time.perf_counter()
+        return scores
 
 
 class BatchSizeCounts:

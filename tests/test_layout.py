@@ -86,7 +86,7 @@ def test_nothing_refers_to_a_file_outside_the_repository():
 FIXTURE_LAYERS = ("drive", "measure", "record", "track", "variants", "closed_loop", "streaming", "load_models", "litapi",
                   "chat",
                   "expected_relations",
-                  "ab", "setup", "plugin")
+                  "ab", "power", "setup", "plugin")
 
 
 def _fixture_layer(dotted: str) -> str:
