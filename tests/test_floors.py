@@ -67,6 +67,9 @@ def test_calibration_refuses_invalid_runs_and_mixed_classes():
         calibrated_floors([], "cpu")
     with pytest.raises(CalibrationError, match="one run gives no spread"):
         calibrated_floors([saved_run(AMD, 130.0)], "cpu")
+    # one run, with the spread to assume stated: floors, and the rule says what was assumed
+    _, one, rule = calibrated_floors([saved_run(AMD, 130.0)], "cpu", assumed_spread=0.1)
+    assert 0 < one["cpu-baseline-c8"]["min_rps"] < 130.0 and "a spread of 10.0% assumed" in rule
 
 
 def test_writing_merges_with_other_classes_and_keeps_provenance(tmp_path):

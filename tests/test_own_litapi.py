@@ -93,10 +93,12 @@ def _benchmarked_in_a_copy(tmp_path: Path, name: str, server: str, test: str) ->
 
 
 def _calibrated(copy: Path, saved: Path) -> str:
-    """The floors `make calibrate` writes from the saved run `saved` (the CPU tier's), as text."""
+    """The floors `make calibrate` writes from the saved run `saved` (the CPU tier's), as text. One run (what make
+    test can afford) gives no spread: the one to assume is stated (--spread), as a user with one run would."""
     floors = copy / "floors-test.toml"
     calibrated = subprocess.run([sys.executable, "-m", "fixtures.record.calibrate", "--from-runs", str(saved), "--floors",
-                                 str(floors), "--device", "cpu"], cwd=copy, capture_output=True, text=True, timeout=120)
+                                 str(floors), "--device", "cpu", "--spread", "0.1"], cwd=copy, capture_output=True,
+                                text=True, timeout=120)
     assert calibrated.returncode == 0, calibrated.stdout + calibrated.stderr
     return floors.read_text()
 
